@@ -1,0 +1,14 @@
+//! Domain rules: pure, no I/O. Everything here is testable without a server.
+
+pub mod clock;
+pub mod email;
+pub mod error;
+pub mod ids;
+pub mod invitation;
+pub mod names;
+pub mod permission;
+pub mod policy;
+pub mod roles;
+pub mod token;
+
+pub use error::DomainError;

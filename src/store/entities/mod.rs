@@ -1,0 +1,8 @@
+//! SeaORM entities, one per table.
+
+pub mod audit_events;
+pub mod invitations;
+pub mod memberships;
+pub mod organizations;
+pub mod roles;
+pub mod users;

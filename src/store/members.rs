@@ -1,0 +1,145 @@
+//! Membership rows.
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+
+use super::StoreError;
+use super::entities::memberships;
+use super::users::{self, UserRow};
+
+pub use memberships::Model as MembershipRow;
+
+pub async fn find<C: ConnectionTrait>(
+    c: &C,
+    org_id: &str,
+    user_id: &str,
+) -> Result<Option<MembershipRow>, StoreError> {
+    Ok(
+        memberships::Entity::find_by_id((org_id.to_owned(), user_id.to_owned()))
+            .one(c)
+            .await?,
+    )
+}
+
+/// A membership together with its user.
+pub async fn find_with_user<C: ConnectionTrait>(
+    c: &C,
+    org_id: &str,
+    user_id: &str,
+) -> Result<Option<(MembershipRow, UserRow)>, StoreError> {
+    let Some(m) = find(c, org_id, user_id).await? else {
+        return Ok(None);
+    };
+    Ok(users::find(c, user_id).await?.map(|u| (m, u)))
+}
+
+pub async fn insert<C: ConnectionTrait>(c: &C, row: MembershipRow) -> Result<(), StoreError> {
+    memberships::Entity::insert(memberships::ActiveModel {
+        org_id: Set(row.org_id),
+        user_id: Set(row.user_id),
+        role: Set(row.role),
+        joined_at: Set(row.joined_at),
+    })
+    .exec_without_returning(c)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_role<C: ConnectionTrait>(
+    c: &C,
+    org_id: &str,
+    user_id: &str,
+    role: &str,
+) -> Result<(), StoreError> {
+    memberships::Entity::update_many()
+        .col_expr(memberships::Column::Role, Expr::value(role))
+        .filter(memberships::Column::OrgId.eq(org_id))
+        .filter(memberships::Column::UserId.eq(user_id))
+        .exec(c)
+        .await?;
+    Ok(())
+}
+
+/// Moves every holder of `from` to `to`; returns how many moved.
+pub async fn reassign_role<C: ConnectionTrait>(
+    c: &C,
+    org_id: &str,
+    from: &str,
+    to: &str,
+) -> Result<u64, StoreError> {
+    let res = memberships::Entity::update_many()
+        .col_expr(memberships::Column::Role, Expr::value(to))
+        .filter(memberships::Column::OrgId.eq(org_id))
+        .filter(memberships::Column::Role.eq(from))
+        .exec(c)
+        .await?;
+    Ok(res.rows_affected)
+}
+
+pub async fn delete<C: ConnectionTrait>(
+    c: &C,
+    org_id: &str,
+    user_id: &str,
+) -> Result<(), StoreError> {
+    memberships::Entity::delete_many()
+        .filter(memberships::Column::OrgId.eq(org_id))
+        .filter(memberships::Column::UserId.eq(user_id))
+        .exec(c)
+        .await?;
+    Ok(())
+}
+
+pub async fn count_with_role<C: ConnectionTrait>(
+    c: &C,
+    org_id: &str,
+    role: &str,
+) -> Result<u64, StoreError> {
+    Ok(memberships::Entity::find()
+        .filter(memberships::Column::OrgId.eq(org_id))
+        .filter(memberships::Column::Role.eq(role))
+        .count(c)
+        .await?)
+}
+
+/// One page of an org's members (with their users), ordered by user id.
+pub async fn list<C: ConnectionTrait>(
+    c: &C,
+    org_id: &str,
+    role: Option<&str>,
+    after: Option<&str>,
+    limit: u64,
+) -> Result<Vec<(MembershipRow, UserRow)>, StoreError> {
+    let mut q = memberships::Entity::find().filter(memberships::Column::OrgId.eq(org_id));
+    if let Some(role) = role {
+        q = q.filter(memberships::Column::Role.eq(role));
+    }
+    if let Some(after) = after {
+        q = q.filter(memberships::Column::UserId.gt(after));
+    }
+    let ms = q
+        .order_by_asc(memberships::Column::UserId)
+        .limit(limit)
+        .all(c)
+        .await?;
+    let ids: Vec<String> = ms.iter().map(|m| m.user_id.clone()).collect();
+    let users = users::find_many(c, &ids).await?;
+    Ok(ms
+        .into_iter()
+        .filter_map(|m| users.get(&m.user_id).cloned().map(|u| (m, u)))
+        .collect())
+}
+
+/// All of a user's memberships (in live and deleted orgs alike).
+pub async fn of_user<C: ConnectionTrait>(
+    c: &C,
+    user_id: &str,
+) -> Result<Vec<MembershipRow>, StoreError> {
+    Ok(memberships::Entity::find()
+        .filter(memberships::Column::UserId.eq(user_id))
+        .order_by_asc(memberships::Column::OrgId)
+        .all(c)
+        .await?)
+}
