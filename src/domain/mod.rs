@@ -1,6 +1,7 @@
 //! Domain rules: pure, no I/O. Everything here is testable without a server.
 
 pub mod clock;
+pub mod consistency;
 pub mod email;
 pub mod error;
 pub mod ids;

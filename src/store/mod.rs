@@ -8,6 +8,7 @@ pub mod invitations;
 pub mod members;
 pub mod migrations;
 pub mod orgs;
+pub mod outbox;
 pub mod roles;
 pub mod users;
 

@@ -80,6 +80,20 @@ enum AuditEvents {
     RequestId,
 }
 
+#[derive(DeriveIden)]
+enum Outbox {
+    Table,
+    Id,
+    Kind,
+    OrgId,
+    Payload,
+    Attempts,
+    NextAttemptAt,
+    LastError,
+    CreatedAt,
+    DeliveredAt,
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -231,11 +245,38 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Outbox::Table)
+                    .col(string_len(Outbox::Id, 36).primary_key())
+                    .col(string_len(Outbox::Kind, 64))
+                    .col(string_len(Outbox::OrgId, 36))
+                    .col(text(Outbox::Payload))
+                    .col(integer(Outbox::Attempts).default(0))
+                    .col(timestamp_with_time_zone(Outbox::NextAttemptAt))
+                    .col(text_null(Outbox::LastError))
+                    .col(timestamp_with_time_zone(Outbox::CreatedAt))
+                    .col(timestamp_with_time_zone_null(Outbox::DeliveredAt))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("outbox_due")
+                    .table(Outbox::Table)
+                    .col(Outbox::DeliveredAt)
+                    .col(Outbox::NextAttemptAt)
+                    .to_owned(),
+            )
+            .await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for table in [
+            Outbox::Table.into_iden(),
             AuditEvents::Table.into_iden(),
             Invitations::Table.into_iden(),
             Roles::Table.into_iden(),

@@ -1,0 +1,312 @@
+//! Decisions: "can user X do permission Y in org Z?".
+//!
+//! `Decisions` is the seam between the check path and its sources: it loads subjects (a
+//! member's role and effective permissions in an org) from the database in as few queries as
+//! possible, and hears about every committed change through `invalidate_org`, so a cache in
+//! front of it never answers from before a change that has returned to its caller.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+
+use super::{AppResult, Page, PageRequest};
+use crate::cache::DecisionCache;
+use crate::domain::DomainError;
+use crate::domain::consistency::ConsistencyToken;
+use crate::domain::ids::{OrgId, UserId};
+use crate::domain::permission::{Permission, PermissionSet};
+use crate::domain::policy::Policy;
+use crate::store::entities::{memberships, organizations, roles};
+use crate::store::{Store, decode_permissions, orgs};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Allowed,
+    NotMember,
+    MissingPermission,
+    OrgNotFound,
+}
+
+/// What the check path knows about one user in one org.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    OrgNotFound,
+    NotMember { org_version: i64 },
+    Member {
+        org_version: i64,
+        role: String,
+        permissions: PermissionSet,
+    },
+}
+
+impl Subject {
+    pub fn decide(&self, permission: &Permission) -> Reason {
+        match self {
+            Subject::OrgNotFound => Reason::OrgNotFound,
+            Subject::NotMember { .. } => Reason::NotMember,
+            Subject::Member { permissions, .. } if permissions.contains(permission) => {
+                Reason::Allowed
+            }
+            Subject::Member { .. } => Reason::MissingPermission,
+        }
+    }
+
+    pub fn org_version(&self) -> Option<i64> {
+        match self {
+            Subject::OrgNotFound => None,
+            Subject::NotMember { org_version } | Subject::Member { org_version, .. } => {
+                Some(*org_version)
+            }
+        }
+    }
+}
+
+/// How fresh an answer must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Freshness {
+    #[default]
+    MinimizeLatency,
+    AtLeast(ConsistencyToken),
+    FullyConsistent,
+}
+
+pub struct Decisions {
+    store: Store,
+    policy: Arc<Policy>,
+    cache: DecisionCache,
+}
+
+pub type Pair = (OrgId, UserId);
+
+impl Decisions {
+    pub fn new(store: Store, policy: Arc<Policy>, cache: DecisionCache) -> Decisions {
+        Decisions {
+            store,
+            policy,
+            cache,
+        }
+    }
+
+    pub fn cache(&self) -> &DecisionCache {
+        &self.cache
+    }
+
+    /// Validates a permission name against the catalog.
+    pub fn permission(&self, field: &str, raw: &str) -> Result<Permission, DomainError> {
+        let p = Permission::parse(raw).map_err(|_| {
+            DomainError::invalid_because(
+                field,
+                "UNKNOWN_PERMISSION",
+                format!(
+                    "`{}` is not a permission name: use lower-case `area.action`",
+                    crate::domain::permission::truncate(raw, 64)
+                ),
+            )
+        })?;
+        if self.policy.knows(&p) {
+            Ok(p)
+        } else {
+            Err(DomainError::invalid_because(
+                field,
+                "UNKNOWN_PERMISSION",
+                format!("permission `{p}` is not in the policy's permission catalog"),
+            ))
+        }
+    }
+
+    /// Called after every committed change to an org, before the RPC returns.
+    pub async fn invalidate_org(&self, org_id: &str, version: i64) {
+        self.cache.org_changed(org_id, version).await;
+    }
+
+    /// Subjects for many (org, user) pairs, from the cache where `freshness` allows.
+    pub async fn subjects(
+        &self,
+        pairs: &[Pair],
+        freshness: Freshness,
+    ) -> AppResult<HashMap<Pair, Subject>> {
+        let unique: Vec<Pair> = {
+            let mut seen = HashSet::new();
+            pairs.iter().filter(|p| seen.insert(**p)).copied().collect()
+        };
+        let mut found = HashMap::with_capacity(unique.len());
+        let mut missing = Vec::new();
+        match freshness {
+            Freshness::FullyConsistent => missing = unique,
+            _ => {
+                let min_version = |org: &OrgId| match freshness {
+                    Freshness::AtLeast(t) if t.org == *org => Some(t.version),
+                    _ => None,
+                };
+                let cached = self.cache.get_many(&unique).await;
+                for (pair, hit) in unique.into_iter().zip(cached) {
+                    match hit {
+                        Some(s) if fresh_enough(&s, min_version(&pair.0)) => {
+                            found.insert(pair, s);
+                        }
+                        _ => missing.push(pair),
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let loaded = self.load(&missing).await?;
+            self.cache.put_many(&loaded).await;
+            found.extend(loaded);
+        }
+        Ok(found)
+    }
+
+    /// Reads subjects from the database: three queries whatever the number of pairs. The
+    /// org's version is read before its memberships, so a subject is never labelled newer
+    /// than the data it was built from.
+    async fn load(&self, pairs: &[Pair]) -> AppResult<HashMap<Pair, Subject>> {
+        let c = self.store.conn();
+        let org_ids: Vec<String> = unique_strings(pairs.iter().map(|p| p.0.to_string()));
+        let user_ids: Vec<String> = unique_strings(pairs.iter().map(|p| p.1.to_string()));
+        let org_rows = organizations::Entity::find()
+            .filter(organizations::Column::Id.is_in(org_ids.clone()))
+            .filter(organizations::Column::DeletedAt.is_null())
+            .all(c)
+            .await?;
+        let versions: HashMap<String, i64> =
+            org_rows.into_iter().map(|o| (o.id, o.version)).collect();
+        let live: Vec<String> = versions.keys().cloned().collect();
+        let ms = if live.is_empty() {
+            Vec::new()
+        } else {
+            memberships::Entity::find()
+                .filter(memberships::Column::OrgId.is_in(live.clone()))
+                .filter(memberships::Column::UserId.is_in(user_ids))
+                .all(c)
+                .await?
+        };
+        let roles_needed: HashSet<(String, String)> = ms
+            .iter()
+            .filter(|m| self.policy.built_in(&m.role).is_none())
+            .map(|m| (m.org_id.clone(), m.role.clone()))
+            .collect();
+        let custom = self.load_custom_roles(c, &roles_needed).await?;
+        let by_pair: HashMap<(String, String), String> = ms
+            .into_iter()
+            .map(|m| ((m.org_id, m.user_id), m.role))
+            .collect();
+
+        let mut out = HashMap::with_capacity(pairs.len());
+        for pair in pairs {
+            let org = pair.0.to_string();
+            let Some(&org_version) = versions.get(&org) else {
+                out.insert(*pair, Subject::OrgNotFound);
+                continue;
+            };
+            let subject = match by_pair.get(&(org.clone(), pair.1.to_string())) {
+                None => Subject::NotMember { org_version },
+                Some(role) => {
+                    let permissions = match self.policy.built_in(role) {
+                        Some(b) => b.permissions.clone(),
+                        None => custom
+                            .get(&(org.clone(), role.clone()))
+                            .cloned()
+                            .unwrap_or_default(),
+                    };
+                    Subject::Member {
+                        org_version,
+                        role: role.clone(),
+                        permissions,
+                    }
+                }
+            };
+            out.insert(*pair, subject);
+        }
+        Ok(out)
+    }
+
+    async fn load_custom_roles<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        needed: &HashSet<(String, String)>,
+    ) -> AppResult<HashMap<(String, String), PermissionSet>> {
+        if needed.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let orgs: Vec<String> = unique_strings(needed.iter().map(|(o, _)| o.clone()));
+        let rows = roles::Entity::find()
+            .filter(roles::Column::OrgId.is_in(orgs))
+            .all(c)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| needed.contains(&(r.org_id.clone(), r.key.clone())))
+            .map(|r| {
+                let perms: PermissionSet = decode_permissions(&r.permissions)
+                    .iter()
+                    .filter_map(|p| Permission::parse(p).ok())
+                    .filter(|p| self.policy.knows(p))
+                    .collect();
+                ((r.org_id, r.key), perms)
+            })
+            .collect())
+    }
+
+    pub async fn check(
+        &self,
+        org: OrgId,
+        user: UserId,
+        permission: &Permission,
+        freshness: Freshness,
+    ) -> AppResult<(Reason, Option<ConsistencyToken>)> {
+        let subjects = self.subjects(&[(org, user)], freshness).await?;
+        let subject = subjects.get(&(org, user)).cloned().unwrap_or(Subject::OrgNotFound);
+        let token = subject
+            .org_version()
+            .map(|version| ConsistencyToken { org, version });
+        Ok((subject.decide(permission), token))
+    }
+
+    /// Orgs (live, ordered by id) in which `user` holds `permission`.
+    pub async fn lookup_orgs(
+        &self,
+        user: UserId,
+        permission: &Permission,
+        page: PageRequest,
+    ) -> AppResult<Page<String>> {
+        let c = self.store.conn();
+        let want = usize::try_from(page.size + 1).unwrap_or(usize::MAX);
+        let mut matched: Vec<String> = Vec::new();
+        let mut after = page.after.clone();
+        loop {
+            let batch = orgs::list_for_user(c, &user.to_string(), after.as_deref(), 500).await?;
+            let exhausted = batch.len() < 500;
+            after = batch.last().map(|(o, _)| o.id.clone());
+            let pairs: Vec<Pair> = batch
+                .iter()
+                .filter_map(|(o, _)| OrgId::from_stored(&o.id).map(|id| (id, user)))
+                .collect();
+            let subjects = self.load(&pairs).await?;
+            for pair in pairs {
+                if subjects.get(&pair).map(|s| s.decide(permission)) == Some(Reason::Allowed) {
+                    matched.push(pair.0.to_string());
+                }
+            }
+            if matched.len() >= want || exhausted {
+                break;
+            }
+        }
+        Ok(Page::from_overfetch(matched, page.size, |id| id.clone()))
+    }
+}
+
+fn fresh_enough(s: &Subject, min_version: Option<i64>) -> bool {
+    match (min_version, s.org_version()) {
+        (None, _) => true,
+        (Some(min), Some(v)) => v >= min,
+        // A cached "org not found" is never fresh enough for a token naming that org.
+        (Some(_), None) => false,
+    }
+}
+
+fn unique_strings(it: impl Iterator<Item = String>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    it.filter(|s| seen.insert(s.clone())).collect()
+}

@@ -1,0 +1,432 @@
+//! Invitations: invite by email, list, resend, revoke, accept — within the plan's seats.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::orgs::{MemberView, OrgView};
+use super::{App, AppResult, Page, PageRequest, RequestCtx, org_not_found, token};
+use crate::domain::DomainError;
+use crate::domain::email::Email;
+use crate::domain::ids::{InvitationId, OrgId, UserId};
+use crate::domain::invitation::{InvitationStatus, StoredState, ensure_seat_available};
+use crate::domain::token::{hash_secret, new_secret};
+use crate::store::invitations::{InvitationRow, StatusFilter};
+use crate::store::members::MembershipRow;
+use crate::store::orgs::OrgRow;
+use crate::store::outbox::OutboxRow;
+use crate::store::users::UserRow;
+use crate::store::{audit, invitations, members, orgs, outbox, users};
+use sea_orm::ConnectionTrait;
+
+#[derive(Debug, Clone)]
+pub struct NewInvitation {
+    pub email: Email,
+    pub first_name: String,
+    pub last_name: String,
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InvitationView {
+    pub row: InvitationRow,
+    pub status: InvitationStatus,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Acceptance {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+}
+
+/// The outbox message kind for invitation emails.
+pub const INVITATION_EMAIL: &str = "invitation_email";
+
+fn invitation_not_found() -> DomainError {
+    DomainError::not_found(
+        "INVITATION_NOT_FOUND",
+        "no such invitation: check the id, or ListInvitations to find it",
+    )
+}
+
+fn invitation_json(row: &InvitationRow) -> serde_json::Value {
+    json!({"invitation_id": row.id, "email": row.email, "role": row.role})
+}
+
+impl App {
+    fn view(&self, row: InvitationRow) -> InvitationView {
+        let status = StoredState::from_stored(&row.state).status(row.expires_at, self.now());
+        InvitationView { row, status }
+    }
+
+    async fn ensure_not_member<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        org_id: &str,
+        email: &str,
+    ) -> AppResult<Option<UserRow>> {
+        let existing = users::find_by_email(c, email).await?;
+        if let Some(u) = &existing {
+            if members::find(c, org_id, &u.id).await?.is_some() {
+                return Err(DomainError::exists(
+                    "ALREADY_MEMBER",
+                    format!("{email} is already a member of this organization"),
+                )
+                .into());
+            }
+        }
+        Ok(existing)
+    }
+
+    async fn ensure_seat<C: ConnectionTrait>(&self, c: &C, org: &OrgRow) -> AppResult<()> {
+        let Some(plan) = self.policy.plan(&org.plan) else {
+            return Ok(());
+        };
+        let members = orgs::member_count(c, &org.id).await?;
+        let pending = invitations::count_pending(c, &org.id, self.now()).await?;
+        ensure_seat_available(
+            members,
+            pending,
+            1,
+            plan.max_members,
+            &plan.key,
+            &plan.upgrade_hint,
+        )?;
+        Ok(())
+    }
+
+    /// Writes the invitation email to the outbox, in the caller's transaction.
+    async fn enqueue_invitation_email<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        org: &OrgRow,
+        row: &InvitationRow,
+        inviter: &str,
+        secret: &str,
+    ) -> AppResult<()> {
+        let inviter_name = users::find(c, inviter)
+            .await?
+            .map(|u| format!("{} {}", u.first_name, u.last_name).trim().to_owned())
+            .unwrap_or_default();
+        let payload = json!({
+            "invitation_id": row.id,
+            "to": row.email,
+            "first_name": row.first_name,
+            "org_name": org.name,
+            "inviter_name": inviter_name,
+            "role": row.role,
+            "token": secret,
+            "expires_at": row.expires_at.to_rfc3339(),
+        });
+        let now = self.now();
+        outbox::insert(
+            c,
+            OutboxRow {
+                id: UserId::generate().to_string(),
+                kind: INVITATION_EMAIL.into(),
+                org_id: org.id.clone(),
+                payload: payload.to_string(),
+                attempts: 0,
+                next_attempt_at: now,
+                last_error: None,
+                created_at: now,
+                delivered_at: None,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(org_id = %org_id))]
+    pub async fn invite_member(
+        &self,
+        ctx: &RequestCtx,
+        org_id: &OrgId,
+        req: NewInvitation,
+    ) -> AppResult<(InvitationView, String, String)> {
+        let id = org_id.to_string();
+        let tx = self.store.write().await?;
+        let org = orgs::lock(&*tx, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        let actor = self.authorize(&*tx, ctx, &id, "members.manage").await?;
+        let role_key = req
+            .role
+            .unwrap_or_else(|| self.policy.invite_role().to_owned());
+        let role = self.role_for_request(&*tx, &id, &role_key).await?;
+        actor.actor().may_grant(&role, self.policy.owner_role())?;
+        let email = req.email.as_str();
+        self.ensure_not_member(&*tx, &id, email).await?;
+        let now = self.now();
+        if invitations::find_pending_for_email(&*tx, &id, email, now)
+            .await?
+            .is_some()
+        {
+            return Err(DomainError::exists(
+                "ALREADY_INVITED",
+                format!("{email} already has a pending invitation: use ResendInvitation instead"),
+            )
+            .into());
+        }
+        self.ensure_seat(&*tx, &org).await?;
+        let secret = new_secret();
+        let row = InvitationRow {
+            id: InvitationId::generate().to_string(),
+            org_id: id.clone(),
+            email: email.to_owned(),
+            first_name: req.first_name,
+            last_name: req.last_name,
+            role: role.key.clone(),
+            token_hash: hash_secret(&secret),
+            state: StoredState::Pending.as_str().into(),
+            invited_by_user_id: actor.user_id.to_string(),
+            created_at: now,
+            expires_at: now + self.settings.invitation_ttl,
+            accepted_at: None,
+        };
+        invitations::insert(&*tx, row.clone()).await?;
+        let actor_id = actor.user_id.to_string();
+        self.enqueue_invitation_email(&*tx, &org, &row, &actor_id, &secret)
+            .await?;
+        audit::insert(
+            &*tx,
+            self.audit_event(
+                ctx,
+                &id,
+                &actor_id,
+                "member.invited",
+                &format!("invitation:{}", row.id),
+                None,
+                Some(invitation_json(&row)),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        self.decisions.invalidate_org(&id, org.version).await;
+        Ok((self.view(row), secret, token(&org)))
+    }
+
+    pub async fn list_invitations(
+        &self,
+        ctx: &RequestCtx,
+        org_id: &OrgId,
+        status: Option<StatusFilter>,
+        page: PageRequest,
+    ) -> AppResult<Page<InvitationView>> {
+        let c = self.store.conn();
+        let id = org_id.to_string();
+        orgs::find_live(c, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        self.authorize(c, ctx, &id, "members.view").await?;
+        let rows = invitations::list(
+            c,
+            &id,
+            status,
+            self.now(),
+            page.after.as_deref(),
+            page.size + 1,
+        )
+        .await?;
+        let views = rows.into_iter().map(|r| self.view(r)).collect();
+        Ok(Page::from_overfetch(views, page.size, |v: &InvitationView| {
+            v.row.id.clone()
+        }))
+    }
+
+    /// Locks the invitation's org and authorizes the actor to manage it.
+    async fn managed_invitation(
+        &self,
+        tx: &crate::store::WriteTx,
+        ctx: &RequestCtx,
+        invitation_id: &InvitationId,
+    ) -> AppResult<(OrgRow, InvitationView, super::ActingMember)> {
+        let row = invitations::find(&**tx, &invitation_id.to_string())
+            .await?
+            .ok_or_else(invitation_not_found)?;
+        let org = orgs::lock(&**tx, &row.org_id)
+            .await?
+            .ok_or_else(|| org_not_found(&row.org_id))?;
+        let actor = self
+            .authorize(&**tx, ctx, &row.org_id, "members.manage")
+            .await?;
+        // Re-read under the org lock: the first read may predate a concurrent change.
+        let row = invitations::find(&**tx, &row.id)
+            .await?
+            .ok_or_else(invitation_not_found)?;
+        Ok((org, self.view(row), actor))
+    }
+
+    #[tracing::instrument(skip_all, fields(invitation_id = %invitation_id))]
+    pub async fn resend_invitation(
+        &self,
+        ctx: &RequestCtx,
+        invitation_id: &InvitationId,
+    ) -> AppResult<(InvitationView, String, String)> {
+        let tx = self.store.write().await?;
+        let (org, inv, actor) = self.managed_invitation(&tx, ctx, invitation_id).await?;
+        inv.status.ensure_resendable()?;
+        let role = self
+            .resolve_role(&*tx, &org.id, &inv.row.role)
+            .await?
+            .ok_or_else(|| {
+                DomainError::precondition(
+                    "ROLE_NOT_FOUND",
+                    format!("the invited role `{}` no longer exists: revoke this invitation and invite again", inv.row.role),
+                )
+            })?;
+        actor.actor().may_grant(&role, self.policy.owner_role())?;
+        self.ensure_not_member(&*tx, &org.id, &inv.row.email).await?;
+        if inv.status == InvitationStatus::Expired {
+            // An expired invitation gave its seat back; reviving it takes one again.
+            self.ensure_seat(&*tx, &org).await?;
+        }
+        let secret = new_secret();
+        let expires_at: DateTime<Utc> = self.now() + self.settings.invitation_ttl;
+        invitations::renew(&*tx, &inv.row.id, &hash_secret(&secret), expires_at).await?;
+        let mut row = inv.row.clone();
+        row.token_hash = hash_secret(&secret);
+        row.expires_at = expires_at;
+        let actor_id = actor.user_id.to_string();
+        self.enqueue_invitation_email(&*tx, &org, &row, &actor_id, &secret)
+            .await?;
+        audit::insert(
+            &*tx,
+            self.audit_event(
+                ctx,
+                &org.id,
+                &actor_id,
+                "invitation.resent",
+                &format!("invitation:{}", row.id),
+                Some(json!({"expires_at": inv.row.expires_at.to_rfc3339()})),
+                Some(json!({"email": row.email, "role": row.role, "expires_at": expires_at.to_rfc3339()})),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        self.decisions.invalidate_org(&org.id, org.version).await;
+        Ok((self.view(row), secret, token(&org)))
+    }
+
+    #[tracing::instrument(skip_all, fields(invitation_id = %invitation_id))]
+    pub async fn revoke_invitation(
+        &self,
+        ctx: &RequestCtx,
+        invitation_id: &InvitationId,
+    ) -> AppResult<(InvitationView, String)> {
+        let tx = self.store.write().await?;
+        let (org, inv, actor) = self.managed_invitation(&tx, ctx, invitation_id).await?;
+        inv.status.ensure_revocable()?;
+        invitations::set_state(&*tx, &inv.row.id, StoredState::Revoked.as_str(), None).await?;
+        let mut row = inv.row.clone();
+        row.state = StoredState::Revoked.as_str().into();
+        audit::insert(
+            &*tx,
+            self.audit_event(
+                ctx,
+                &org.id,
+                &actor.user_id.to_string(),
+                "invitation.revoked",
+                &format!("invitation:{}", row.id),
+                Some(invitation_json(&inv.row)),
+                Some(json!({"state": "revoked"})),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        self.decisions.invalidate_org(&org.id, org.version).await;
+        Ok((self.view(row), token(&org)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    pub async fn accept_invitation(
+        &self,
+        ctx: &RequestCtx,
+        secret: &str,
+        acceptance: Acceptance,
+    ) -> AppResult<(MemberView, OrgView, String)> {
+        let hash = hash_secret(secret);
+        let unknown = || {
+            DomainError::not_found(
+                "INVITATION_NOT_FOUND",
+                "this invitation link is not valid: ask the organization to send a new one",
+            )
+        };
+        let first = invitations::find_by_token_hash(self.store.conn(), &hash)
+            .await?
+            .ok_or_else(unknown)?;
+        let tx = self.store.write().await?;
+        let org = orgs::lock(&*tx, &first.org_id)
+            .await?
+            .ok_or_else(|| org_not_found(&first.org_id))?;
+        // Under the org lock, the state read now is the one this accept decides on.
+        let row = invitations::find_by_token_hash(&*tx, &hash)
+            .await?
+            .ok_or_else(unknown)?;
+        let inv = self.view(row);
+        inv.status.ensure_acceptable()?;
+        let role = self
+            .resolve_role(&*tx, &org.id, &inv.row.role)
+            .await?
+            .ok_or_else(|| {
+                DomainError::precondition(
+                    "ROLE_NOT_FOUND",
+                    "the role this invitation grants no longer exists: ask the organization to invite you again",
+                )
+            })?;
+        let existing = self.ensure_not_member(&*tx, &org.id, &inv.row.email).await?;
+        let now = self.now();
+        let user = match existing {
+            Some(u) => u,
+            None => {
+                let u = UserRow {
+                    id: UserId::generate().to_string(),
+                    email: inv.row.email.clone(),
+                    first_name: acceptance
+                        .first_name
+                        .unwrap_or_else(|| inv.row.first_name.clone()),
+                    last_name: acceptance
+                        .last_name
+                        .unwrap_or_else(|| inv.row.last_name.clone()),
+                    created_at: now,
+                };
+                users::insert(&*tx, u.clone()).await?;
+                u
+            }
+        };
+        let membership = MembershipRow {
+            org_id: org.id.clone(),
+            user_id: user.id.clone(),
+            role: role.key.clone(),
+            joined_at: now,
+        };
+        members::insert(&*tx, membership.clone()).await?;
+        invitations::set_state(
+            &*tx,
+            &inv.row.id,
+            StoredState::Accepted.as_str(),
+            Some(now),
+        )
+        .await?;
+        audit::insert(
+            &*tx,
+            self.audit_event(
+                ctx,
+                &org.id,
+                &user.id,
+                "invitation.accepted",
+                &format!("invitation:{}", inv.row.id),
+                Some(invitation_json(&inv.row)),
+                Some(json!({"user_id": user.id, "email": user.email, "role": role.key})),
+            ),
+        )
+        .await?;
+        let member_count = orgs::member_count(&*tx, &org.id).await?;
+        tx.commit().await?;
+        self.decisions.invalidate_org(&org.id, org.version).await;
+        let t = token(&org);
+        Ok((
+            MemberView { membership, user },
+            OrgView {
+                row: org,
+                member_count,
+            },
+            t,
+        ))
+    }
+}

@@ -1,0 +1,290 @@
+//! Use cases: each RPC's behaviour as one function that validates nothing transport-specific,
+//! runs the domain rules against storage inside one transaction, and records the audit event.
+
+pub mod audit;
+pub mod authz;
+pub mod invitations;
+pub mod members;
+pub mod orgs;
+pub mod roles;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sea_orm::ConnectionTrait;
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::domain::clock::Clock;
+use crate::domain::consistency::ConsistencyToken;
+use crate::domain::ids::{EventId, OrgId, UserId};
+use crate::domain::permission::{Permission, PermissionSet};
+use crate::domain::policy::Policy;
+use crate::domain::roles::{Actor, ResolvedRole};
+use crate::domain::DomainError;
+use crate::store::audit::AuditRow;
+use crate::store::orgs::OrgRow;
+use crate::store::{self, Store, StoreError, decode_permissions};
+
+use self::authz::Decisions;
+
+#[derive(Debug, Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sea_orm::DbErr> for AppError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        AppError::Store(e.into())
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;
+
+/// Tunables the use cases need.
+#[derive(Debug, Clone)]
+pub struct AppSettings {
+    pub invitation_ttl: chrono::Duration,
+}
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        AppSettings {
+            invitation_ttl: chrono::Duration::days(7),
+        }
+    }
+}
+
+/// Who is calling and under which request id.
+#[derive(Debug, Clone, Default)]
+pub struct RequestCtx {
+    pub actor: Option<UserId>,
+    pub request_id: String,
+    /// The service key that authenticated the call, recorded in audit events.
+    pub key_name: Option<String>,
+}
+
+impl RequestCtx {
+    pub fn actor(&self) -> Result<UserId, DomainError> {
+        self.actor.ok_or_else(|| DomainError::Unauthenticated {
+            reason: "MISSING_ACTOR",
+            message: "send the acting user's id in the `x-actor-user-id` metadata".into(),
+        })
+    }
+}
+
+/// A page request after validation: how many and after which key.
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    pub size: u64,
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// The key to continue after; `None` on the last page.
+    pub next: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from up to `size + 1` fetched items.
+    pub fn from_overfetch(mut items: Vec<T>, size: u64, key: impl Fn(&T) -> String) -> Page<T> {
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        if items.len() > size {
+            items.truncate(size);
+            let next = items.last().map(&key);
+            Page { items, next }
+        } else {
+            Page { items, next: None }
+        }
+    }
+}
+
+/// The service's state shared by every RPC.
+pub struct App {
+    pub store: Store,
+    pub policy: Arc<Policy>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: AppSettings,
+    pub decisions: Decisions,
+}
+
+/// An authorized actor within one org.
+pub(crate) struct ActingMember {
+    pub user_id: UserId,
+    pub role: ResolvedRole,
+    pub is_owner: bool,
+    pub org: String,
+}
+
+impl ActingMember {
+    pub fn actor(&self) -> Actor<'_> {
+        Actor {
+            org: &self.org,
+            role: &self.role,
+            is_owner: self.is_owner,
+        }
+    }
+}
+
+pub(crate) fn org_not_found(org_id: &str) -> DomainError {
+    DomainError::not_found(
+        "ORG_NOT_FOUND",
+        format!("organization {org_id} does not exist or was deleted"),
+    )
+}
+
+pub(crate) fn token(org: &OrgRow) -> String {
+    OrgId::from_stored(&org.id)
+        .map(|o| {
+            ConsistencyToken {
+                org: o,
+                version: org.version,
+            }
+            .encode()
+        })
+        .unwrap_or_default()
+}
+
+impl App {
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Resolves a role key in an org: a built-in role of the policy, or one of the org's
+    /// custom roles. Permissions no longer in the catalog are dropped, never granted.
+    pub(crate) async fn resolve_role<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        org_id: &str,
+        key: &str,
+    ) -> AppResult<Option<ResolvedRole>> {
+        if let Some(b) = self.policy.built_in(key) {
+            return Ok(Some(ResolvedRole {
+                key: b.key.clone(),
+                display_name: b.display_name.clone(),
+                permissions: b.permissions.clone(),
+                built_in: true,
+            }));
+        }
+        if key.is_empty() || org_id.is_empty() {
+            return Ok(None);
+        }
+        let Some(row) = store::roles::find_custom(c, org_id, key).await? else {
+            return Ok(None);
+        };
+        Ok(Some(self.custom_role(row)))
+    }
+
+    pub(crate) fn custom_role(&self, row: store::roles::RoleRow) -> ResolvedRole {
+        let permissions: PermissionSet = decode_permissions(&row.permissions)
+            .iter()
+            .filter_map(|p| Permission::parse(p).ok())
+            .filter(|p| self.policy.knows(p))
+            .collect();
+        ResolvedRole {
+            key: row.key,
+            display_name: row.display_name,
+            permissions,
+            built_in: false,
+        }
+    }
+
+    /// Resolves a role named in a request, or fails with `UNKNOWN_ROLE`.
+    pub(crate) async fn role_for_request<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        org_id: &str,
+        key: &str,
+    ) -> AppResult<ResolvedRole> {
+        self.resolve_role(c, org_id, key).await?.ok_or_else(|| {
+            DomainError::invalid_because(
+                "role",
+                "UNKNOWN_ROLE",
+                format!(
+                    "role `{}` does not exist in this organization: ListRoles shows the roles you can use",
+                    crate::domain::permission::truncate(key, 64)
+                ),
+            )
+            .into()
+        })
+    }
+
+    /// Establishes the actor as a member of `org_id` holding `permission`.
+    pub(crate) async fn authorize<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        ctx: &RequestCtx,
+        org_id: &str,
+        permission: &str,
+    ) -> AppResult<ActingMember> {
+        let member = self.acting_member(c, ctx, org_id, permission).await?;
+        member.actor().require(permission)?;
+        Ok(member)
+    }
+
+    /// The actor as a member of the org, without requiring a permission yet.
+    pub(crate) async fn acting_member<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        ctx: &RequestCtx,
+        org_id: &str,
+        permission_for_message: &str,
+    ) -> AppResult<ActingMember> {
+        let user_id = ctx.actor()?;
+        let not_member = || {
+            DomainError::denied(
+                "NOT_A_MEMBER",
+                format!(
+                    "actor lacks {permission_for_message} in org {org_id}: the actor is not a member of it"
+                ),
+            )
+        };
+        let Some(m) = store::members::find(c, org_id, &user_id.to_string()).await? else {
+            return Err(not_member().into());
+        };
+        let role = self
+            .resolve_role(c, org_id, &m.role)
+            .await?
+            .ok_or_else(not_member)?;
+        let is_owner = role.key == self.policy.owner_role();
+        Ok(ActingMember {
+            user_id,
+            role,
+            is_owner,
+            org: org_id.to_owned(),
+        })
+    }
+
+    /// Builds an audit row for the current request.
+    pub(crate) fn audit_event(
+        &self,
+        ctx: &RequestCtx,
+        org_id: &str,
+        actor: &str,
+        action: &str,
+        target: &str,
+        before: Option<Value>,
+        after: Option<Value>,
+    ) -> AuditRow {
+        let mut after = after;
+        if let (Some(key), Some(Value::Object(map))) = (&ctx.key_name, after.as_mut()) {
+            map.insert("_service_key".into(), Value::String(key.clone()));
+        }
+        AuditRow {
+            id: EventId::generate().to_string(),
+            org_id: org_id.to_owned(),
+            actor_user_id: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            before: before.map(|v| v.to_string()),
+            after: after.map(|v| v.to_string()),
+            occurred_at: self.now(),
+            request_id: ctx.request_id.clone(),
+        }
+    }
+}

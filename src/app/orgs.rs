@@ -1,0 +1,297 @@
+//! Organizations: create, read, update, soft-delete, list a user's.
+
+use serde_json::json;
+
+use super::{App, AppResult, Page, PageRequest, RequestCtx, org_not_found, token};
+use crate::domain::DomainError;
+use crate::domain::email::Email;
+use crate::domain::ids::{OrgId, UserId};
+use crate::domain::invitation::ensure_seat_available;
+use crate::store::members::MembershipRow;
+use crate::store::orgs::OrgRow;
+use crate::store::users::UserRow;
+use crate::store::{audit, invitations, members, orgs, users};
+
+/// Who becomes the first owner of a new org.
+#[derive(Debug, Clone)]
+pub enum NewOwner {
+    Existing(UserId),
+    Person {
+        email: Email,
+        first_name: String,
+        last_name: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct NewOrg {
+    pub name: String,
+    pub plan: Option<String>,
+    pub owner: NewOwner,
+}
+
+/// An org with its member count.
+#[derive(Debug, Clone)]
+pub struct OrgView {
+    pub row: OrgRow,
+    pub member_count: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberView {
+    pub membership: MembershipRow,
+    pub user: UserRow,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct OrgChanges {
+    pub name: Option<String>,
+    pub plan: Option<String>,
+    pub require_mfa: Option<bool>,
+}
+
+impl App {
+    fn check_plan(&self, plan: &str) -> Result<(), DomainError> {
+        if self.policy.plan(plan).is_some() {
+            return Ok(());
+        }
+        let known: Vec<&str> = self.policy.plans().iter().map(|p| p.key.as_str()).collect();
+        Err(DomainError::invalid_because(
+            "plan",
+            "UNKNOWN_PLAN",
+            format!(
+                "plan `{}` does not exist: use one of {}",
+                crate::domain::permission::truncate(plan, 64),
+                known.join(", ")
+            ),
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(org_id))]
+    pub async fn create_org(
+        &self,
+        ctx: &RequestCtx,
+        req: NewOrg,
+    ) -> AppResult<(OrgView, MemberView, String)> {
+        let plan = req
+            .plan
+            .unwrap_or_else(|| self.policy.default_plan().to_owned());
+        self.check_plan(&plan)?;
+        let now = self.now();
+        let org_id = OrgId::generate().to_string();
+        tracing::Span::current().record("org_id", org_id.as_str());
+
+        let tx = self.store.write().await?;
+        let user = match req.owner {
+            NewOwner::Existing(id) => users::find(&*tx, &id.to_string())
+                .await?
+                .ok_or_else(|| {
+                    DomainError::not_found(
+                        "USER_NOT_FOUND",
+                        format!("owner_user_id {id} is not a known user: pass owner {{email, first_name, last_name}} instead"),
+                    )
+                })?,
+            NewOwner::Person {
+                email,
+                first_name,
+                last_name,
+            } => match users::find_by_email(&*tx, email.as_str()).await? {
+                Some(existing) => existing,
+                None => {
+                    let row = UserRow {
+                        id: UserId::generate().to_string(),
+                        email: email.as_str().to_owned(),
+                        first_name,
+                        last_name,
+                        created_at: now,
+                    };
+                    users::insert(&*tx, row.clone()).await?;
+                    row
+                }
+            },
+        };
+        let org = OrgRow {
+            id: org_id.clone(),
+            name: req.name,
+            plan,
+            require_mfa: false,
+            created_at: now,
+            deleted_at: None,
+            version: 1,
+        };
+        orgs::insert(&*tx, org.clone()).await?;
+        let membership = MembershipRow {
+            org_id: org_id.clone(),
+            user_id: user.id.clone(),
+            role: self.policy.owner_role().to_owned(),
+            joined_at: now,
+        };
+        members::insert(&*tx, membership.clone()).await?;
+        audit::insert(
+            &*tx,
+            self.audit_event(
+                ctx,
+                &org_id,
+                &user.id,
+                "organization.created",
+                &format!("organization:{org_id}"),
+                None,
+                Some(json!({"name": org.name, "plan": org.plan, "owner_user_id": user.id})),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        let t = token(&org);
+        self.decisions.invalidate_org(&org_id, org.version).await;
+        Ok((
+            OrgView {
+                row: org,
+                member_count: 1,
+            },
+            MemberView { membership, user },
+            t,
+        ))
+    }
+
+    pub async fn get_org(&self, ctx: &RequestCtx, org_id: &OrgId) -> AppResult<OrgView> {
+        let c = self.store.conn();
+        let id = org_id.to_string();
+        let org = orgs::find_live(c, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        self.authorize(c, ctx, &id, "members.view").await?;
+        let member_count = orgs::member_count(c, &id).await?;
+        Ok(OrgView { row: org, member_count })
+    }
+
+    #[tracing::instrument(skip_all, fields(org_id = %org_id))]
+    pub async fn update_org(
+        &self,
+        ctx: &RequestCtx,
+        org_id: &OrgId,
+        changes: OrgChanges,
+    ) -> AppResult<(OrgView, String)> {
+        let id = org_id.to_string();
+        if let Some(plan) = &changes.plan {
+            self.check_plan(plan)?;
+        }
+        let tx = self.store.write().await?;
+        let before = orgs::lock(&*tx, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        let needs_update = changes.name.is_some() || changes.require_mfa.is_some();
+        let first = if needs_update { "org.update" } else { "billing.manage" };
+        let actor = self.authorize(&*tx, ctx, &id, first).await?;
+        if changes.plan.is_some() {
+            actor.actor().require("billing.manage")?;
+        }
+        let member_count = orgs::member_count(&*tx, &id).await?;
+        if let Some(plan_key) = &changes.plan {
+            if let Some(plan) = self.policy.plan(plan_key) {
+                let pending = invitations::count_pending(&*tx, &id, self.now()).await?;
+                ensure_seat_available(
+                    member_count,
+                    pending,
+                    0,
+                    plan.max_members,
+                    &plan.key,
+                    &plan.upgrade_hint,
+                )?;
+            }
+        }
+        orgs::update(
+            &*tx,
+            &id,
+            changes.name.clone(),
+            changes.plan.clone(),
+            changes.require_mfa,
+        )
+        .await?;
+        let mut after = before.clone();
+        if let Some(n) = changes.name {
+            after.name = n;
+        }
+        if let Some(p) = changes.plan {
+            after.plan = p;
+        }
+        if let Some(m) = changes.require_mfa {
+            after.require_mfa = m;
+        }
+        audit::insert(
+            &*tx,
+            self.audit_event(
+                ctx,
+                &id,
+                &actor.user_id.to_string(),
+                "organization.updated",
+                &format!("organization:{id}"),
+                Some(json!({"name": before.name, "plan": before.plan, "require_mfa": before.require_mfa})),
+                Some(json!({"name": after.name, "plan": after.plan, "require_mfa": after.require_mfa})),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        self.decisions.invalidate_org(&id, after.version).await;
+        let t = token(&after);
+        Ok((
+            OrgView {
+                row: after,
+                member_count,
+            },
+            t,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(org_id = %org_id))]
+    pub async fn delete_org(&self, ctx: &RequestCtx, org_id: &OrgId) -> AppResult<String> {
+        let id = org_id.to_string();
+        let tx = self.store.write().await?;
+        let org = orgs::lock(&*tx, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        let actor = self.authorize(&*tx, ctx, &id, "org.delete").await?;
+        let now = self.now();
+        orgs::soft_delete(&*tx, &id, now).await?;
+        audit::insert(
+            &*tx,
+            self.audit_event(
+                ctx,
+                &id,
+                &actor.user_id.to_string(),
+                "organization.deleted",
+                &format!("organization:{id}"),
+                Some(json!({"name": org.name, "plan": org.plan})),
+                Some(json!({"deleted_at": now.to_rfc3339()})),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        self.decisions.invalidate_org(&id, org.version).await;
+        Ok(token(&org))
+    }
+
+    pub async fn list_orgs(
+        &self,
+        ctx: &RequestCtx,
+        user_id: &UserId,
+        page: PageRequest,
+    ) -> AppResult<Page<(OrgView, String)>> {
+        let actor = ctx.actor()?;
+        if actor != *user_id {
+            return Err(DomainError::denied(
+                "ACTOR_MISMATCH",
+                "ListOrganizations lists the actor's own organizations: set user_id to the x-actor-user-id",
+            )
+            .into());
+        }
+        let c = self.store.conn();
+        let rows =
+            orgs::list_for_user(c, &user_id.to_string(), page.after.as_deref(), page.size + 1)
+                .await?;
+        let ids: Vec<String> = rows.iter().map(|(o, _)| o.id.clone()).collect();
+        let counts = orgs::member_counts(c, &ids).await?;
+        let views = rows
+            .into_iter()
+            .map(|(row, role)| {
+                let member_count = counts.get(&row.id).copied().unwrap_or(0);
+                (OrgView { row, member_count }, role)
+            })
+            .collect();
+        Ok(Page::from_overfetch(views, page.size, |(o, _)| o.row.id.clone()))
+    }
+}
+

@@ -1,0 +1,280 @@
+//! Roles: the policy's built-in ones and each org's custom roles.
+
+use serde_json::json;
+
+use super::{App, AppResult, RequestCtx, org_not_found, token};
+use crate::domain::DomainError;
+use crate::domain::ids::OrgId;
+use crate::domain::roles::{ResolvedRole, RoleKey, parse_permissions};
+use crate::store::roles::RoleRow;
+use crate::store::{audit, encode_permissions, invitations, members, orgs, roles};
+
+/// A role as listed, with how many members hold it.
+#[derive(Debug, Clone)]
+pub struct RoleView {
+    pub role: ResolvedRole,
+    pub member_count: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoleDefinition {
+    pub key: RoleKey,
+    pub display_name: Option<String>,
+    pub permissions: Vec<String>,
+}
+
+fn role_json(r: &ResolvedRole) -> serde_json::Value {
+    json!({"key": r.key, "display_name": r.display_name, "permissions": r.permissions.to_strings()})
+}
+
+fn role_not_found(key: &str) -> DomainError {
+    DomainError::not_found(
+        "ROLE_NOT_FOUND",
+        format!("this organization has no custom role `{key}`: ListRoles shows its roles"),
+    )
+}
+
+fn built_in_immutable(key: &str) -> DomainError {
+    DomainError::precondition(
+        "BUILT_IN_ROLE",
+        format!("`{key}` is a built-in role from the policy and cannot be changed or deleted here: create a custom role instead"),
+    )
+}
+
+impl App {
+    pub async fn list_roles(&self, ctx: &RequestCtx, org_id: &OrgId) -> AppResult<Vec<RoleView>> {
+        let c = self.store.conn();
+        let id = org_id.to_string();
+        orgs::find_live(c, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        self.authorize(c, ctx, &id, "members.view").await?;
+        let mut out = Vec::new();
+        let built_in = self.policy.roles().iter().map(|b| ResolvedRole {
+            key: b.key.clone(),
+            display_name: b.display_name.clone(),
+            permissions: b.permissions.clone(),
+            built_in: true,
+        });
+        let custom: Vec<ResolvedRole> = roles::list_custom(c, &id)
+            .await?
+            .into_iter()
+            .map(|r| self.custom_role(r))
+            .collect();
+        for role in built_in.chain(custom) {
+            let member_count = members::count_with_role(c, &id, &role.key).await?;
+            out.push(RoleView { role, member_count });
+        }
+        Ok(out)
+    }
+
+    #[tracing::instrument(skip_all, fields(org_id = %org_id, role = %def.key))]
+    pub async fn create_role(
+        &self,
+        ctx: &RequestCtx,
+        org_id: &OrgId,
+        def: RoleDefinition,
+    ) -> AppResult<(RoleView, String)> {
+        let id = org_id.to_string();
+        let key = def.key.as_str();
+        if self.policy.built_in(key).is_some() {
+            return Err(DomainError::exists(
+                "ROLE_EXISTS",
+                format!("`{key}` is a built-in role: choose another key"),
+            )
+            .into());
+        }
+        let display_name = def.display_name.unwrap_or_else(|| key.to_owned());
+        let perms = parse_permissions(&def.permissions, |p| self.policy.knows(p))?;
+        let tx = self.store.write().await?;
+        let org = orgs::lock(&*tx, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        let actor = self.authorize(&*tx, ctx, &id, "roles.manage").await?;
+        actor.actor().may_define(&perms)?;
+        if roles::find_custom(&*tx, &id, key).await?.is_some() {
+            return Err(DomainError::exists(
+                "ROLE_EXISTS",
+                format!("this organization already has a role `{key}`: update it or pick another key"),
+            )
+            .into());
+        }
+        let now = self.now();
+        roles::insert(
+            &*tx,
+            RoleRow {
+                org_id: id.clone(),
+                key: key.to_owned(),
+                display_name: display_name.clone(),
+                permissions: encode_permissions(&perms.to_strings()),
+                built_in: false,
+                created_at: now,
+                updated_at: now,
+            },
+        )
+        .await?;
+        let role = ResolvedRole {
+            key: key.to_owned(),
+            display_name,
+            permissions: perms,
+            built_in: false,
+        };
+        audit::insert(
+            &*tx,
+            self.audit_event(
+                ctx,
+                &id,
+                &actor.user_id.to_string(),
+                "role.created",
+                &format!("role:{key}"),
+                None,
+                Some(role_json(&role)),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        self.decisions.invalidate_org(&id, org.version).await;
+        Ok((
+            RoleView {
+                role,
+                member_count: 0,
+            },
+            token(&org),
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(org_id = %org_id, role = %def.key))]
+    pub async fn update_role(
+        &self,
+        ctx: &RequestCtx,
+        org_id: &OrgId,
+        def: RoleDefinition,
+    ) -> AppResult<(RoleView, String)> {
+        let id = org_id.to_string();
+        let key = def.key.as_str();
+        if self.policy.built_in(key).is_some() {
+            return Err(built_in_immutable(key).into());
+        }
+        let perms = parse_permissions(&def.permissions, |p| self.policy.knows(p))?;
+        let tx = self.store.write().await?;
+        let org = orgs::lock(&*tx, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        let actor = self.authorize(&*tx, ctx, &id, "roles.manage").await?;
+        let row = roles::find_custom(&*tx, &id, key)
+            .await?
+            .ok_or_else(|| role_not_found(key))?;
+        let before = self.custom_role(row);
+        // Both the old and the new permission sets must be within the actor's own: nobody
+        // widens a role, or edits one more powerful than theirs.
+        actor.actor().may_define(&before.permissions)?;
+        actor.actor().may_define(&perms)?;
+        let display_name = def
+            .display_name
+            .unwrap_or_else(|| before.display_name.clone());
+        let now = self.now();
+        roles::update(&*tx, &id, key, &display_name, &perms.to_strings(), now).await?;
+        let after = ResolvedRole {
+            key: key.to_owned(),
+            display_name,
+            permissions: perms,
+            built_in: false,
+        };
+        audit::insert(
+            &*tx,
+            self.audit_event(
+                ctx,
+                &id,
+                &actor.user_id.to_string(),
+                "role.updated",
+                &format!("role:{key}"),
+                Some(role_json(&before)),
+                Some(role_json(&after)),
+            ),
+        )
+        .await?;
+        let member_count = members::count_with_role(&*tx, &id, key).await?;
+        tx.commit().await?;
+        self.decisions.invalidate_org(&id, org.version).await;
+        Ok((
+            RoleView {
+                role: after,
+                member_count,
+            },
+            token(&org),
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(org_id = %org_id, role = %key))]
+    pub async fn delete_role(
+        &self,
+        ctx: &RequestCtx,
+        org_id: &OrgId,
+        key: &RoleKey,
+        reassign_to: Option<&str>,
+    ) -> AppResult<String> {
+        let id = org_id.to_string();
+        let key = key.as_str();
+        if self.policy.built_in(key).is_some() {
+            return Err(built_in_immutable(key).into());
+        }
+        let tx = self.store.write().await?;
+        let org = orgs::lock(&*tx, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        let actor = self.authorize(&*tx, ctx, &id, "roles.manage").await?;
+        let row = roles::find_custom(&*tx, &id, key)
+            .await?
+            .ok_or_else(|| role_not_found(key))?;
+        let before = self.custom_role(row);
+        actor.actor().may_define(&before.permissions)?;
+        let now = self.now();
+        let holders = members::count_with_role(&*tx, &id, key).await?
+            + invitations::count_pending_with_role(&*tx, &id, key, now).await?;
+        let mut moved = 0;
+        match reassign_to {
+            Some(target) => {
+                if target == key {
+                    return Err(DomainError::invalid_because(
+                        "reassign_to",
+                        "INVALID_ARGUMENT",
+                        "reassign_to must name a different role than the one being deleted",
+                    )
+                    .into());
+                }
+                let to = self.role_for_request(&*tx, &id, target).await.map_err(|e| match e {
+                    super::AppError::Domain(DomainError::Invalid { reason, message, .. }) => {
+                        DomainError::invalid_because("reassign_to", reason, message).into()
+                    }
+                    other => other,
+                })?;
+                actor.actor().may_grant(&to, self.policy.owner_role())?;
+                moved += members::reassign_role(&*tx, &id, key, &to.key).await?;
+                moved += invitations::reassign_role(&*tx, &id, key, &to.key).await?;
+            }
+            None if holders > 0 => {
+                return Err(DomainError::precondition(
+                    "ROLE_IN_USE",
+                    format!(
+                        "{holders} member(s) or pending invitation(s) hold `{key}`: pass reassign_to to move them to another role"
+                    ),
+                )
+                .into());
+            }
+            None => {}
+        }
+        roles::delete(&*tx, &id, key).await?;
+        let mut before_json = role_json(&before);
+        if let serde_json::Value::Object(m) = &mut before_json {
+            m.insert("holders".into(), json!(holders));
+        }
+        audit::insert(
+            &*tx,
+            self.audit_event(
+                ctx,
+                &id,
+                &actor.user_id.to_string(),
+                "role.deleted",
+                &format!("role:{key}"),
+                Some(before_json),
+                Some(json!({"reassigned_to": reassign_to, "moved": moved})),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        self.decisions.invalidate_org(&id, org.version).await;
+        Ok(token(&org))
+    }
+}
