@@ -32,7 +32,9 @@ pub enum Reason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subject {
     OrgNotFound,
-    NotMember { org_version: i64 },
+    NotMember {
+        org_version: i64,
+    },
     Member {
         org_version: i64,
         role: String,
@@ -257,7 +259,10 @@ impl Decisions {
         freshness: Freshness,
     ) -> AppResult<(Reason, Option<ConsistencyToken>)> {
         let subjects = self.subjects(&[(org, user)], freshness).await?;
-        let subject = subjects.get(&(org, user)).cloned().unwrap_or(Subject::OrgNotFound);
+        let subject = subjects
+            .get(&(org, user))
+            .cloned()
+            .unwrap_or(Subject::OrgNotFound);
         let token = subject
             .org_version()
             .map(|version| ConsistencyToken { org, version });

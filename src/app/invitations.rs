@@ -65,14 +65,14 @@ impl App {
         email: &str,
     ) -> AppResult<Option<UserRow>> {
         let existing = users::find_by_email(c, email).await?;
-        if let Some(u) = &existing {
-            if members::find(c, org_id, &u.id).await?.is_some() {
-                return Err(DomainError::exists(
-                    "ALREADY_MEMBER",
-                    format!("{email} is already a member of this organization"),
-                )
-                .into());
-            }
+        if let Some(u) = &existing
+            && members::find(c, org_id, &u.id).await?.is_some()
+        {
+            return Err(DomainError::exists(
+                "ALREADY_MEMBER",
+                format!("{email} is already a member of this organization"),
+            )
+            .into());
         }
         Ok(existing)
     }
@@ -105,7 +105,11 @@ impl App {
     ) -> AppResult<()> {
         let inviter_name = users::find(c, inviter)
             .await?
-            .map(|u| format!("{} {}", u.first_name, u.last_name).trim().to_owned())
+            .map(|u| {
+                format!("{} {}", u.first_name, u.last_name)
+                    .trim()
+                    .to_owned()
+            })
             .unwrap_or_default();
         let payload = json!({
             "invitation_id": row.id,
@@ -145,7 +149,9 @@ impl App {
     ) -> AppResult<(InvitationView, String, String)> {
         let id = org_id.to_string();
         let tx = self.store.write().await?;
-        let org = orgs::lock(&*tx, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        let org = orgs::lock(&*tx, &id)
+            .await?
+            .ok_or_else(|| org_not_found(&id))?;
         let actor = self.authorize(&*tx, ctx, &id, "members.manage").await?;
         let role_key = req
             .role
@@ -193,8 +199,7 @@ impl App {
                 &actor_id,
                 "member.invited",
                 &format!("invitation:{}", row.id),
-                None,
-                Some(invitation_json(&row)),
+                (None, Some(invitation_json(&row))),
             ),
         )
         .await?;
@@ -212,7 +217,9 @@ impl App {
     ) -> AppResult<Page<InvitationView>> {
         let c = self.store.conn();
         let id = org_id.to_string();
-        orgs::find_live(c, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        orgs::find_live(c, &id)
+            .await?
+            .ok_or_else(|| org_not_found(&id))?;
         self.authorize(c, ctx, &id, "members.view").await?;
         let rows = invitations::list(
             c,
@@ -224,9 +231,11 @@ impl App {
         )
         .await?;
         let views = rows.into_iter().map(|r| self.view(r)).collect();
-        Ok(Page::from_overfetch(views, page.size, |v: &InvitationView| {
-            v.row.id.clone()
-        }))
+        Ok(Page::from_overfetch(
+            views,
+            page.size,
+            |v: &InvitationView| v.row.id.clone(),
+        ))
     }
 
     /// Locks the invitation's org and authorizes the actor to manage it.
@@ -271,7 +280,8 @@ impl App {
                 )
             })?;
         actor.actor().may_grant(&role, self.policy.owner_role())?;
-        self.ensure_not_member(&*tx, &org.id, &inv.row.email).await?;
+        self.ensure_not_member(&*tx, &org.id, &inv.row.email)
+            .await?;
         if inv.status == InvitationStatus::Expired {
             // An expired invitation gave its seat back; reviving it takes one again.
             self.ensure_seat(&*tx, &org).await?;
@@ -287,15 +297,7 @@ impl App {
             .await?;
         audit::insert(
             &*tx,
-            self.audit_event(
-                ctx,
-                &org.id,
-                &actor_id,
-                "invitation.resent",
-                &format!("invitation:{}", row.id),
-                Some(json!({"expires_at": inv.row.expires_at.to_rfc3339()})),
-                Some(json!({"email": row.email, "role": row.role, "expires_at": expires_at.to_rfc3339()})),
-            ),
+            self.audit_event(ctx, &org.id, &actor_id, "invitation.resent", &format!("invitation:{}", row.id), (Some(json!({"expires_at": inv.row.expires_at.to_rfc3339()})), Some(json!({"email": row.email, "role": row.role, "expires_at": expires_at.to_rfc3339()})))),
         )
         .await?;
         tx.commit().await?;
@@ -323,8 +325,10 @@ impl App {
                 &actor.user_id.to_string(),
                 "invitation.revoked",
                 &format!("invitation:{}", row.id),
-                Some(invitation_json(&inv.row)),
-                Some(json!({"state": "revoked"})),
+                (
+                    Some(invitation_json(&inv.row)),
+                    Some(json!({"state": "revoked"})),
+                ),
             ),
         )
         .await?;
@@ -369,7 +373,9 @@ impl App {
                     "the role this invitation grants no longer exists: ask the organization to invite you again",
                 )
             })?;
-        let existing = self.ensure_not_member(&*tx, &org.id, &inv.row.email).await?;
+        let existing = self
+            .ensure_not_member(&*tx, &org.id, &inv.row.email)
+            .await?;
         let now = self.now();
         let user = match existing {
             Some(u) => u,
@@ -396,13 +402,8 @@ impl App {
             joined_at: now,
         };
         members::insert(&*tx, membership.clone()).await?;
-        invitations::set_state(
-            &*tx,
-            &inv.row.id,
-            StoredState::Accepted.as_str(),
-            Some(now),
-        )
-        .await?;
+        invitations::set_state(&*tx, &inv.row.id, StoredState::Accepted.as_str(), Some(now))
+            .await?;
         audit::insert(
             &*tx,
             self.audit_event(
@@ -411,8 +412,10 @@ impl App {
                 &user.id,
                 "invitation.accepted",
                 &format!("invitation:{}", inv.row.id),
-                Some(invitation_json(&inv.row)),
-                Some(json!({"user_id": user.id, "email": user.email, "role": role.key})),
+                (
+                    Some(invitation_json(&inv.row)),
+                    Some(json!({"user_id": user.id, "email": user.email, "role": role.key})),
+                ),
             ),
         )
         .await?;

@@ -30,10 +30,18 @@ impl App {
     ) -> AppResult<Page<MemberView>> {
         let c = self.store.conn();
         let id = org_id.to_string();
-        orgs::find_live(c, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        orgs::find_live(c, &id)
+            .await?
+            .ok_or_else(|| org_not_found(&id))?;
         self.authorize(c, ctx, &id, "members.view").await?;
-        let rows = members::list(c, &id, role.as_deref(), page.after.as_deref(), page.size + 1)
-            .await?;
+        let rows = members::list(
+            c,
+            &id,
+            role.as_deref(),
+            page.after.as_deref(),
+            page.size + 1,
+        )
+        .await?;
         let views = rows
             .into_iter()
             .map(|(membership, user)| MemberView { membership, user })
@@ -51,7 +59,9 @@ impl App {
     ) -> AppResult<MemberView> {
         let c = self.store.conn();
         let (org, user) = (org_id.to_string(), user_id.to_string());
-        orgs::find_live(c, &org).await?.ok_or_else(|| org_not_found(&org))?;
+        orgs::find_live(c, &org)
+            .await?
+            .ok_or_else(|| org_not_found(&org))?;
         self.authorize(c, ctx, &org, "members.view").await?;
         let (membership, user_row) = members::find_with_user(c, &org, &user)
             .await?
@@ -72,7 +82,9 @@ impl App {
     ) -> AppResult<(MemberView, String)> {
         let (org, user) = (org_id.to_string(), user_id.to_string());
         let tx = self.store.write().await?;
-        let org_row = orgs::lock(&*tx, &org).await?.ok_or_else(|| org_not_found(&org))?;
+        let org_row = orgs::lock(&*tx, &org)
+            .await?
+            .ok_or_else(|| org_not_found(&org))?;
         let actor = self.authorize(&*tx, ctx, &org, "members.manage").await?;
         let (membership, user_row) = members::find_with_user(&*tx, &org, &user)
             .await?
@@ -104,8 +116,7 @@ impl App {
                 &actor.user_id.to_string(),
                 "member.role_changed",
                 &format!("user:{user}"),
-                Some(member_json(&before)),
-                Some(member_json(&after)),
+                (Some(member_json(&before)), Some(member_json(&after))),
             ),
         )
         .await?;
@@ -123,11 +134,14 @@ impl App {
     ) -> AppResult<String> {
         let (org, user) = (org_id.to_string(), user_id.to_string());
         let tx = self.store.write().await?;
-        let org_row = orgs::lock(&*tx, &org).await?.ok_or_else(|| org_not_found(&org))?;
+        let org_row = orgs::lock(&*tx, &org)
+            .await?
+            .ok_or_else(|| org_not_found(&org))?;
         let leaving = ctx.actor()? == *user_id;
         let actor = if leaving {
             // Anyone may leave; the last-owner rule still applies.
-            self.acting_member(&*tx, ctx, &org, "members.manage").await?
+            self.acting_member(&*tx, ctx, &org, "members.manage")
+                .await?
         } else {
             self.authorize(&*tx, ctx, &org, "members.manage").await?
         };
@@ -156,8 +170,7 @@ impl App {
                 &actor.user_id.to_string(),
                 "member.removed",
                 &format!("user:{user}"),
-                Some(member_json(&before)),
-                None,
+                (Some(member_json(&before)), None),
             ),
         )
         .await?;
@@ -175,7 +188,9 @@ impl App {
     ) -> AppResult<(MemberView, MemberView, String)> {
         let (org, target) = (org_id.to_string(), new_owner.to_string());
         let tx = self.store.write().await?;
-        let org_row = orgs::lock(&*tx, &org).await?.ok_or_else(|| org_not_found(&org))?;
+        let org_row = orgs::lock(&*tx, &org)
+            .await?
+            .ok_or_else(|| org_not_found(&org))?;
         let actor = self.authorize(&*tx, ctx, &org, "org.transfer").await?;
         let owner_role = self.policy.owner_role();
         if !actor.is_owner {
@@ -210,7 +225,8 @@ impl App {
         let demoted_to = self.policy.role_below_owner().to_owned();
         members::set_role(&*tx, &org, &target, owner_role).await?;
         members::set_role(&*tx, &org, &actor_id, &demoted_to).await?;
-        let before = json!({"previous_owner": actor_id, "previous_role_of_new_owner": target_m.role});
+        let before =
+            json!({"previous_owner": actor_id, "previous_role_of_new_owner": target_m.role});
         let mut previous = MemberView {
             membership: actor_m,
             user: actor_u,
@@ -229,8 +245,10 @@ impl App {
                 &actor_id,
                 "ownership.transferred",
                 &format!("user:{target}"),
-                Some(before),
-                Some(json!({"new_owner": target, "previous_owner_role": demoted_to})),
+                (
+                    Some(before),
+                    Some(json!({"new_owner": target, "previous_owner_role": demoted_to})),
+                ),
             ),
         )
         .await?;

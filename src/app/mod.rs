@@ -15,13 +15,13 @@ use sea_orm::ConnectionTrait;
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::domain::DomainError;
 use crate::domain::clock::Clock;
 use crate::domain::consistency::ConsistencyToken;
 use crate::domain::ids::{EventId, OrgId, UserId};
 use crate::domain::permission::{Permission, PermissionSet};
 use crate::domain::policy::Policy;
 use crate::domain::roles::{Actor, ResolvedRole};
-use crate::domain::DomainError;
 use crate::store::audit::AuditRow;
 use crate::store::orgs::OrgRow;
 use crate::store::{self, Store, StoreError, decode_permissions};
@@ -260,7 +260,8 @@ impl App {
         })
     }
 
-    /// Builds an audit row for the current request.
+    /// Builds an audit row for the current request; `diff` is the target's state before and
+    /// after the change.
     pub(crate) fn audit_event(
         &self,
         ctx: &RequestCtx,
@@ -268,8 +269,7 @@ impl App {
         actor: &str,
         action: &str,
         target: &str,
-        before: Option<Value>,
-        after: Option<Value>,
+        (before, after): (Option<Value>, Option<Value>),
     ) -> AuditRow {
         let mut after = after;
         if let (Some(key), Some(Value::Object(map))) = (&ctx.key_name, after.as_mut()) {

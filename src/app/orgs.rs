@@ -135,8 +135,10 @@ impl App {
                 &user.id,
                 "organization.created",
                 &format!("organization:{org_id}"),
-                None,
-                Some(json!({"name": org.name, "plan": org.plan, "owner_user_id": user.id})),
+                (
+                    None,
+                    Some(json!({"name": org.name, "plan": org.plan, "owner_user_id": user.id})),
+                ),
             ),
         )
         .await?;
@@ -156,10 +158,15 @@ impl App {
     pub async fn get_org(&self, ctx: &RequestCtx, org_id: &OrgId) -> AppResult<OrgView> {
         let c = self.store.conn();
         let id = org_id.to_string();
-        let org = orgs::find_live(c, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        let org = orgs::find_live(c, &id)
+            .await?
+            .ok_or_else(|| org_not_found(&id))?;
         self.authorize(c, ctx, &id, "members.view").await?;
         let member_count = orgs::member_count(c, &id).await?;
-        Ok(OrgView { row: org, member_count })
+        Ok(OrgView {
+            row: org,
+            member_count,
+        })
     }
 
     #[tracing::instrument(skip_all, fields(org_id = %org_id))]
@@ -174,26 +181,30 @@ impl App {
             self.check_plan(plan)?;
         }
         let tx = self.store.write().await?;
-        let before = orgs::lock(&*tx, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        let before = orgs::lock(&*tx, &id)
+            .await?
+            .ok_or_else(|| org_not_found(&id))?;
         let needs_update = changes.name.is_some() || changes.require_mfa.is_some();
-        let first = if needs_update { "org.update" } else { "billing.manage" };
+        let first = if needs_update {
+            "org.update"
+        } else {
+            "billing.manage"
+        };
         let actor = self.authorize(&*tx, ctx, &id, first).await?;
         if changes.plan.is_some() {
             actor.actor().require("billing.manage")?;
         }
         let member_count = orgs::member_count(&*tx, &id).await?;
-        if let Some(plan_key) = &changes.plan {
-            if let Some(plan) = self.policy.plan(plan_key) {
-                let pending = invitations::count_pending(&*tx, &id, self.now()).await?;
-                ensure_seat_available(
-                    member_count,
-                    pending,
-                    0,
-                    plan.max_members,
-                    &plan.key,
-                    &plan.upgrade_hint,
-                )?;
-            }
+        if let Some(plan) = changes.plan.as_deref().and_then(|p| self.policy.plan(p)) {
+            let pending = invitations::count_pending(&*tx, &id, self.now()).await?;
+            ensure_seat_available(
+                member_count,
+                pending,
+                0,
+                plan.max_members,
+                &plan.key,
+                &plan.upgrade_hint,
+            )?;
         }
         orgs::update(
             &*tx,
@@ -215,15 +226,7 @@ impl App {
         }
         audit::insert(
             &*tx,
-            self.audit_event(
-                ctx,
-                &id,
-                &actor.user_id.to_string(),
-                "organization.updated",
-                &format!("organization:{id}"),
-                Some(json!({"name": before.name, "plan": before.plan, "require_mfa": before.require_mfa})),
-                Some(json!({"name": after.name, "plan": after.plan, "require_mfa": after.require_mfa})),
-            ),
+            self.audit_event(ctx, &id, &actor.user_id.to_string(), "organization.updated", &format!("organization:{id}"), (Some(json!({"name": before.name, "plan": before.plan, "require_mfa": before.require_mfa})), Some(json!({"name": after.name, "plan": after.plan, "require_mfa": after.require_mfa})))),
         )
         .await?;
         tx.commit().await?;
@@ -242,7 +245,9 @@ impl App {
     pub async fn delete_org(&self, ctx: &RequestCtx, org_id: &OrgId) -> AppResult<String> {
         let id = org_id.to_string();
         let tx = self.store.write().await?;
-        let org = orgs::lock(&*tx, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        let org = orgs::lock(&*tx, &id)
+            .await?
+            .ok_or_else(|| org_not_found(&id))?;
         let actor = self.authorize(&*tx, ctx, &id, "org.delete").await?;
         let now = self.now();
         orgs::soft_delete(&*tx, &id, now).await?;
@@ -254,8 +259,10 @@ impl App {
                 &actor.user_id.to_string(),
                 "organization.deleted",
                 &format!("organization:{id}"),
-                Some(json!({"name": org.name, "plan": org.plan})),
-                Some(json!({"deleted_at": now.to_rfc3339()})),
+                (
+                    Some(json!({"name": org.name, "plan": org.plan})),
+                    Some(json!({"deleted_at": now.to_rfc3339()})),
+                ),
             ),
         )
         .await?;
@@ -279,9 +286,13 @@ impl App {
             .into());
         }
         let c = self.store.conn();
-        let rows =
-            orgs::list_for_user(c, &user_id.to_string(), page.after.as_deref(), page.size + 1)
-                .await?;
+        let rows = orgs::list_for_user(
+            c,
+            &user_id.to_string(),
+            page.after.as_deref(),
+            page.size + 1,
+        )
+        .await?;
         let ids: Vec<String> = rows.iter().map(|(o, _)| o.id.clone()).collect();
         let counts = orgs::member_counts(c, &ids).await?;
         let views = rows
@@ -291,7 +302,8 @@ impl App {
                 (OrgView { row, member_count }, role)
             })
             .collect();
-        Ok(Page::from_overfetch(views, page.size, |(o, _)| o.row.id.clone()))
+        Ok(Page::from_overfetch(views, page.size, |(o, _)| {
+            o.row.id.clone()
+        }))
     }
 }
-

@@ -37,7 +37,9 @@ fn role_not_found(key: &str) -> DomainError {
 fn built_in_immutable(key: &str) -> DomainError {
     DomainError::precondition(
         "BUILT_IN_ROLE",
-        format!("`{key}` is a built-in role from the policy and cannot be changed or deleted here: create a custom role instead"),
+        format!(
+            "`{key}` is a built-in role from the policy and cannot be changed or deleted here: create a custom role instead"
+        ),
     )
 }
 
@@ -45,7 +47,9 @@ impl App {
     pub async fn list_roles(&self, ctx: &RequestCtx, org_id: &OrgId) -> AppResult<Vec<RoleView>> {
         let c = self.store.conn();
         let id = org_id.to_string();
-        orgs::find_live(c, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        orgs::find_live(c, &id)
+            .await?
+            .ok_or_else(|| org_not_found(&id))?;
         self.authorize(c, ctx, &id, "members.view").await?;
         let mut out = Vec::new();
         let built_in = self.policy.roles().iter().map(|b| ResolvedRole {
@@ -85,13 +89,17 @@ impl App {
         let display_name = def.display_name.unwrap_or_else(|| key.to_owned());
         let perms = parse_permissions(&def.permissions, |p| self.policy.knows(p))?;
         let tx = self.store.write().await?;
-        let org = orgs::lock(&*tx, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        let org = orgs::lock(&*tx, &id)
+            .await?
+            .ok_or_else(|| org_not_found(&id))?;
         let actor = self.authorize(&*tx, ctx, &id, "roles.manage").await?;
         actor.actor().may_define(&perms)?;
         if roles::find_custom(&*tx, &id, key).await?.is_some() {
             return Err(DomainError::exists(
                 "ROLE_EXISTS",
-                format!("this organization already has a role `{key}`: update it or pick another key"),
+                format!(
+                    "this organization already has a role `{key}`: update it or pick another key"
+                ),
             )
             .into());
         }
@@ -123,8 +131,7 @@ impl App {
                 &actor.user_id.to_string(),
                 "role.created",
                 &format!("role:{key}"),
-                None,
-                Some(role_json(&role)),
+                (None, Some(role_json(&role))),
             ),
         )
         .await?;
@@ -153,7 +160,9 @@ impl App {
         }
         let perms = parse_permissions(&def.permissions, |p| self.policy.knows(p))?;
         let tx = self.store.write().await?;
-        let org = orgs::lock(&*tx, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        let org = orgs::lock(&*tx, &id)
+            .await?
+            .ok_or_else(|| org_not_found(&id))?;
         let actor = self.authorize(&*tx, ctx, &id, "roles.manage").await?;
         let row = roles::find_custom(&*tx, &id, key)
             .await?
@@ -182,8 +191,7 @@ impl App {
                 &actor.user_id.to_string(),
                 "role.updated",
                 &format!("role:{key}"),
-                Some(role_json(&before)),
-                Some(role_json(&after)),
+                (Some(role_json(&before)), Some(role_json(&after))),
             ),
         )
         .await?;
@@ -213,7 +221,9 @@ impl App {
             return Err(built_in_immutable(key).into());
         }
         let tx = self.store.write().await?;
-        let org = orgs::lock(&*tx, &id).await?.ok_or_else(|| org_not_found(&id))?;
+        let org = orgs::lock(&*tx, &id)
+            .await?
+            .ok_or_else(|| org_not_found(&id))?;
         let actor = self.authorize(&*tx, ctx, &id, "roles.manage").await?;
         let row = roles::find_custom(&*tx, &id, key)
             .await?
@@ -234,12 +244,15 @@ impl App {
                     )
                     .into());
                 }
-                let to = self.role_for_request(&*tx, &id, target).await.map_err(|e| match e {
-                    super::AppError::Domain(DomainError::Invalid { reason, message, .. }) => {
-                        DomainError::invalid_because("reassign_to", reason, message).into()
-                    }
-                    other => other,
-                })?;
+                let to = self
+                    .role_for_request(&*tx, &id, target)
+                    .await
+                    .map_err(|e| match e {
+                        super::AppError::Domain(DomainError::Invalid {
+                            reason, message, ..
+                        }) => DomainError::invalid_because("reassign_to", reason, message).into(),
+                        other => other,
+                    })?;
                 actor.actor().may_grant(&to, self.policy.owner_role())?;
                 moved += members::reassign_role(&*tx, &id, key, &to.key).await?;
                 moved += invitations::reassign_role(&*tx, &id, key, &to.key).await?;
@@ -268,8 +281,10 @@ impl App {
                 &actor.user_id.to_string(),
                 "role.deleted",
                 &format!("role:{key}"),
-                Some(before_json),
-                Some(json!({"reassigned_to": reassign_to, "moved": moved})),
+                (
+                    Some(before_json),
+                    Some(json!({"reassigned_to": reassign_to, "moved": moved})),
+                ),
             ),
         )
         .await?;

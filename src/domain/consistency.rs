@@ -59,7 +59,10 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let t = ConsistencyToken { org: OrgId::generate(), version: 42 };
+        let t = ConsistencyToken {
+            org: OrgId::generate(),
+            version: 42,
+        };
         assert_eq!(ConsistencyToken::decode(&t.encode()).unwrap(), t);
     }
 

@@ -34,7 +34,10 @@ impl Email {
         if normalized.len() > MAX_EMAIL_LEN {
             return Err(invalid("longer than 254 bytes"));
         }
-        if normalized.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if normalized
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(invalid("it contains spaces or control characters"));
         }
         // Display-name forms ("Ann <ann@x.com>") and domain literals are valid RFC 5322 but
@@ -79,7 +82,16 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "ann", "ann@", "@x.com", "ann@x", "a b@x.com", "Ann <a@x.com>", "a@[1.2.3.4]"] {
+        for bad in [
+            "",
+            "ann",
+            "ann@",
+            "@x.com",
+            "ann@x",
+            "a b@x.com",
+            "Ann <a@x.com>",
+            "a@[1.2.3.4]",
+        ] {
             assert!(Email::parse("email", bad).is_err(), "{bad}");
         }
     }

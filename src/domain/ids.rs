@@ -72,7 +72,10 @@ mod tests {
         let again = OrgId::parse("org_id", &id.to_string()).unwrap();
         assert_eq!(id, again);
         let upper = id.to_string().to_uppercase();
-        assert_eq!(OrgId::parse("org_id", &upper).unwrap().to_string(), id.to_string());
+        assert_eq!(
+            OrgId::parse("org_id", &upper).unwrap().to_string(),
+            id.to_string()
+        );
     }
 
     #[test]

@@ -131,16 +131,43 @@ mod tests {
     #[test]
     fn pending_past_expiry_reads_expired() {
         let now = Utc::now();
-        assert_eq!(StoredState::Pending.status(now + Duration::days(1), now), InvitationStatus::Pending);
-        assert_eq!(StoredState::Pending.status(now, now), InvitationStatus::Expired);
-        assert_eq!(StoredState::Accepted.status(now, now), InvitationStatus::Accepted);
+        assert_eq!(
+            StoredState::Pending.status(now + Duration::days(1), now),
+            InvitationStatus::Pending
+        );
+        assert_eq!(
+            StoredState::Pending.status(now, now),
+            InvitationStatus::Expired
+        );
+        assert_eq!(
+            StoredState::Accepted.status(now, now),
+            InvitationStatus::Accepted
+        );
     }
 
     #[test]
     fn transitions() {
-        assert_eq!(InvitationStatus::Expired.ensure_acceptable().unwrap_err().reason(), "INVITATION_EXPIRED");
-        assert_eq!(InvitationStatus::Revoked.ensure_acceptable().unwrap_err().reason(), "INVITATION_REVOKED");
-        assert_eq!(InvitationStatus::Accepted.ensure_acceptable().unwrap_err().reason(), "INVITATION_USED");
+        assert_eq!(
+            InvitationStatus::Expired
+                .ensure_acceptable()
+                .unwrap_err()
+                .reason(),
+            "INVITATION_EXPIRED"
+        );
+        assert_eq!(
+            InvitationStatus::Revoked
+                .ensure_acceptable()
+                .unwrap_err()
+                .reason(),
+            "INVITATION_REVOKED"
+        );
+        assert_eq!(
+            InvitationStatus::Accepted
+                .ensure_acceptable()
+                .unwrap_err()
+                .reason(),
+            "INVITATION_USED"
+        );
         assert!(InvitationStatus::Expired.ensure_resendable().is_ok());
         assert!(InvitationStatus::Revoked.ensure_resendable().is_err());
         assert!(InvitationStatus::Pending.ensure_revocable().is_ok());

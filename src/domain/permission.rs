@@ -19,9 +19,8 @@ fn is_segment(s: &str) -> bool {
 
 impl Permission {
     pub fn parse(raw: &str) -> Result<Permission, DomainError> {
-        let valid = raw.len() <= MAX_PERMISSION_LEN
-            && raw.contains('.')
-            && raw.split('.').all(is_segment);
+        let valid =
+            raw.len() <= MAX_PERMISSION_LEN && raw.contains('.') && raw.split('.').all(is_segment);
         if valid {
             Ok(Permission(raw.to_owned()))
         } else {
@@ -126,7 +125,16 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "members", "Members.view", ".view", "members.", "a..b", "a.b c", "a.1b"] {
+        for bad in [
+            "",
+            "members",
+            "Members.view",
+            ".view",
+            "members.",
+            "a..b",
+            "a.b c",
+            "a.1b",
+        ] {
             assert!(Permission::parse(bad).is_err(), "{bad}");
         }
     }

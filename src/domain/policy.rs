@@ -191,7 +191,10 @@ impl Policy {
             match Permission::parse(p.get_ref()) {
                 Ok(perm) => {
                     if !catalog.insert(perm) {
-                        problems.at(p.span(), format!("permission `{}` is declared twice", p.get_ref()));
+                        problems.at(
+                            p.span(),
+                            format!("permission `{}` is declared twice", p.get_ref()),
+                        );
                     }
                 }
                 Err(e) => problems.at(p.span(), e.to_string()),
@@ -243,11 +246,17 @@ impl Policy {
         if roles.is_empty() {
             problems.general("the policy declares no roles: add at least the owner role".into());
         }
-        for (field, value) in [("owner_role", &raw.owner_role), ("invite_role", &raw.invite_role)] {
+        for (field, value) in [
+            ("owner_role", &raw.owner_role),
+            ("invite_role", &raw.invite_role),
+        ] {
             if !roles.iter().any(|r| &r.key == value.get_ref()) {
                 problems.at(
                     value.span(),
-                    format!("{field} `{}` is not one of the declared roles", value.get_ref()),
+                    format!(
+                        "{field} `{}` is not one of the declared roles",
+                        value.get_ref()
+                    ),
                 );
             }
         }
@@ -259,14 +268,20 @@ impl Policy {
                 problems.at(plan.key.span(), format!("plan `{key}` is declared twice"));
             }
             if key.is_empty() || key.len() > 64 {
-                problems.at(plan.key.span(), "a plan key must be 1 to 64 characters".into());
+                problems.at(
+                    plan.key.span(),
+                    "a plan key must be 1 to 64 characters".into(),
+                );
             }
             let max_members = match &plan.max_members {
                 None => None,
                 Some(m) => match u32::try_from(*m.get_ref()) {
                     Ok(v) if v >= 1 => Some(v),
                     _ => {
-                        problems.at(m.span(), format!("plan `{key}`: max_members must be at least 1"));
+                        problems.at(
+                            m.span(),
+                            format!("plan `{key}`: max_members must be at least 1"),
+                        );
                         None
                     }
                 },
@@ -280,7 +295,10 @@ impl Policy {
         if !plans.iter().any(|p| &p.key == raw.default_plan.get_ref()) {
             problems.at(
                 raw.default_plan.span(),
-                format!("default_plan `{}` is not one of the declared plans", raw.default_plan.get_ref()),
+                format!(
+                    "default_plan `{}` is not one of the declared plans",
+                    raw.default_plan.get_ref()
+                ),
             );
         }
 
@@ -391,8 +409,11 @@ impl Policy {
     /// A one-line summary for start-up logs.
     pub fn summary(&self) -> String {
         let roles: Vec<&str> = self.roles.iter().map(|r| r.key.as_str()).collect();
-        let plans: BTreeMap<&str, Option<u32>> =
-            self.plans.iter().map(|p| (p.key.as_str(), p.max_members)).collect();
+        let plans: BTreeMap<&str, Option<u32>> = self
+            .plans
+            .iter()
+            .map(|p| (p.key.as_str(), p.max_members))
+            .collect();
         format!(
             "{} permissions, roles {:?} (owner `{}`), plans {:?}",
             self.catalog.len(),

@@ -193,7 +193,10 @@ mod tests {
         ResolvedRole {
             key: key.into(),
             display_name: key.into(),
-            permissions: perms.iter().map(|p| Permission::parse(p).unwrap()).collect(),
+            permissions: perms
+                .iter()
+                .map(|p| Permission::parse(p).unwrap())
+                .collect(),
             built_in: true,
         }
     }
@@ -203,13 +206,29 @@ mod tests {
         let admin = role("admin", &["members.manage", "members.view"]);
         let owner = role("owner", &["members.manage", "members.view", "org.delete"]);
         let member = role("member", &["members.view"]);
-        let actor = Actor { org: "o", role: &admin, is_owner: false };
+        let actor = Actor {
+            org: "o",
+            role: &admin,
+            is_owner: false,
+        };
         assert!(actor.may_grant(&member, "owner").is_ok());
-        assert_eq!(actor.may_grant(&owner, "owner").unwrap_err().reason(), "PRIVILEGE_ESCALATION");
-        assert_eq!(actor.may_manage(&owner, "owner").unwrap_err().reason(), "PRIVILEGE_ESCALATION");
+        assert_eq!(
+            actor.may_grant(&owner, "owner").unwrap_err().reason(),
+            "PRIVILEGE_ESCALATION"
+        );
+        assert_eq!(
+            actor.may_manage(&owner, "owner").unwrap_err().reason(),
+            "PRIVILEGE_ESCALATION"
+        );
         let wide = role("wide", &["org.delete"]);
-        assert_eq!(actor.may_grant(&wide, "owner").unwrap_err().reason(), "PRIVILEGE_ESCALATION");
-        assert_eq!(actor.require("org.delete").unwrap_err().reason(), "MISSING_PERMISSION");
+        assert_eq!(
+            actor.may_grant(&wide, "owner").unwrap_err().reason(),
+            "PRIVILEGE_ESCALATION"
+        );
+        assert_eq!(
+            actor.require("org.delete").unwrap_err().reason(),
+            "MISSING_PERMISSION"
+        );
         assert!(ensure_owner_remains(0, "owner").is_err());
         assert!(ensure_owner_remains(1, "owner").is_ok());
     }

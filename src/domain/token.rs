@@ -32,7 +32,10 @@ mod tests {
         let b = new_secret();
         assert_ne!(a, b);
         assert_eq!(a.len(), 43);
-        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
         assert_eq!(hash_secret(&a).len(), 64);
         assert_ne!(hash_secret(&a), a);
     }

@@ -36,7 +36,9 @@ pub async fn find<C: ConnectionTrait>(
     c: &C,
     id: &str,
 ) -> Result<Option<InvitationRow>, StoreError> {
-    Ok(invitations::Entity::find_by_id(id.to_owned()).one(c).await?)
+    Ok(invitations::Entity::find_by_id(id.to_owned())
+        .one(c)
+        .await?)
 }
 
 pub async fn find_by_token_hash<C: ConnectionTrait>(

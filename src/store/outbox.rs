@@ -2,7 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+};
 
 use super::StoreError;
 use super::entities::outbox;
@@ -49,7 +51,10 @@ pub async fn mark_delivered<C: ConnectionTrait>(
     outbox::Entity::update_many()
         .col_expr(outbox::Column::DeliveredAt, Expr::value(at))
         .col_expr(outbox::Column::Payload, Expr::value("{}"))
-        .col_expr(outbox::Column::Attempts, Expr::col(outbox::Column::Attempts).add(1))
+        .col_expr(
+            outbox::Column::Attempts,
+            Expr::col(outbox::Column::Attempts).add(1),
+        )
         .filter(outbox::Column::Id.eq(id))
         .exec(c)
         .await?;
@@ -65,7 +70,10 @@ pub async fn mark_failed<C: ConnectionTrait>(
     outbox::Entity::update_many()
         .col_expr(outbox::Column::LastError, Expr::value(error))
         .col_expr(outbox::Column::NextAttemptAt, Expr::value(next_attempt_at))
-        .col_expr(outbox::Column::Attempts, Expr::col(outbox::Column::Attempts).add(1))
+        .col_expr(
+            outbox::Column::Attempts,
+            Expr::col(outbox::Column::Attempts).add(1),
+        )
         .filter(outbox::Column::Id.eq(id))
         .exec(c)
         .await?;

@@ -18,9 +18,11 @@ pub async fn find_custom<C: ConnectionTrait>(
     org_id: &str,
     key: &str,
 ) -> Result<Option<RoleRow>, StoreError> {
-    Ok(roles::Entity::find_by_id((org_id.to_owned(), key.to_owned()))
-        .one(c)
-        .await?)
+    Ok(
+        roles::Entity::find_by_id((org_id.to_owned(), key.to_owned()))
+            .one(c)
+            .await?,
+    )
 }
 
 pub async fn list_custom<C: ConnectionTrait>(

@@ -1,0 +1,190 @@
+//! `teamgate.v1.AuthzService`: the check path.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::error::invalid;
+use super::paging::{next_token, page_request};
+use crate::app::App;
+use crate::app::authz::{Freshness, Pair, Reason, Subject};
+use crate::domain::consistency::ConsistencyToken;
+use crate::domain::ids::{OrgId, UserId};
+use crate::proto::teamgate::v1 as pb;
+use crate::proto::teamgate::v1::authz_service_server::AuthzService;
+
+pub const MAX_BATCH: usize = 1000;
+
+pub struct AuthzApi {
+    app: Arc<App>,
+}
+
+impl AuthzApi {
+    pub fn new(app: Arc<App>) -> Self {
+        AuthzApi { app }
+    }
+}
+
+fn freshness(c: &Option<pb::Consistency>) -> Result<Freshness, Status> {
+    use pb::consistency::Requirement;
+    Ok(match c.as_ref().and_then(|c| c.requirement.as_ref()) {
+        None | Some(Requirement::MinimizeLatency(_)) => Freshness::MinimizeLatency,
+        Some(Requirement::FullyConsistent(false)) => Freshness::MinimizeLatency,
+        Some(Requirement::FullyConsistent(true)) => Freshness::FullyConsistent,
+        Some(Requirement::AtLeastAsFresh(t)) if t.is_empty() => Freshness::MinimizeLatency,
+        Some(Requirement::AtLeastAsFresh(t)) => Freshness::AtLeast(ConsistencyToken::decode(t)?),
+    })
+}
+
+fn reason(r: Reason) -> pb::Reason {
+    match r {
+        Reason::Allowed => pb::Reason::Allowed,
+        Reason::NotMember => pb::Reason::NotMember,
+        Reason::MissingPermission => pb::Reason::MissingPermission,
+        Reason::OrgNotFound => pb::Reason::OrgNotFound,
+    }
+}
+
+fn ids(org: &str, user: &str, prefix: &str) -> Result<Pair, Status> {
+    Ok((
+        OrgId::parse(&format!("{prefix}org_id"), org)?,
+        UserId::parse(&format!("{prefix}user_id"), user)?,
+    ))
+}
+
+#[tonic::async_trait]
+impl AuthzService for AuthzApi {
+    #[tracing::instrument(skip_all, fields(org_id = %request.get_ref().org_id, permission = %request.get_ref().permission, allowed))]
+    async fn check(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        let req = request.get_ref();
+        let (org, user) = ids(&req.org_id, &req.user_id, "")?;
+        let permission = self
+            .app
+            .decisions
+            .permission("permission", &req.permission)?;
+        let fresh = freshness(&req.consistency)?;
+        let (r, token) = self
+            .app
+            .decisions
+            .check(org, user, &permission, fresh)
+            .await?;
+        tracing::Span::current().record("allowed", r == Reason::Allowed);
+        Ok(Response::new(pb::CheckResponse {
+            allowed: r == Reason::Allowed,
+            reason: reason(r).into(),
+            consistency_token: token.map(|t| t.encode()).unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(items = request.get_ref().items.len()))]
+    async fn batch_check(
+        &self,
+        request: Request<pb::BatchCheckRequest>,
+    ) -> Result<Response<pb::BatchCheckResponse>, Status> {
+        let req = request.get_ref();
+        if req.items.is_empty() || req.items.len() > MAX_BATCH {
+            return Err(invalid(
+                "items",
+                "INVALID_BATCH_SIZE",
+                format!(
+                    "items must hold 1 to {MAX_BATCH} checks (got {}): split larger batches",
+                    req.items.len()
+                ),
+            ));
+        }
+        let fresh = freshness(&req.consistency)?;
+        let mut parsed = Vec::with_capacity(req.items.len());
+        for (i, item) in req.items.iter().enumerate() {
+            let prefix = format!("items[{i}].");
+            let pair = ids(&item.org_id, &item.user_id, &prefix)?;
+            let permission = self
+                .app
+                .decisions
+                .permission(&format!("{prefix}permission"), &item.permission)?;
+            parsed.push((pair, permission));
+        }
+        let pairs: Vec<Pair> = parsed.iter().map(|(p, _)| *p).collect();
+        let subjects = self.app.decisions.subjects(&pairs, fresh).await?;
+        let results = parsed
+            .iter()
+            .map(|(pair, permission)| {
+                let r = subjects
+                    .get(pair)
+                    .map(|s| s.decide(permission))
+                    .unwrap_or(Reason::OrgNotFound);
+                pb::CheckResult {
+                    allowed: r == Reason::Allowed,
+                    reason: reason(r).into(),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::BatchCheckResponse { results }))
+    }
+
+    async fn list_permissions(
+        &self,
+        request: Request<pb::ListPermissionsRequest>,
+    ) -> Result<Response<pb::ListPermissionsResponse>, Status> {
+        let req = request.get_ref();
+        let pair = ids(&req.org_id, &req.user_id, "")?;
+        let fresh = freshness(&req.consistency)?;
+        let subjects = self.app.decisions.subjects(&[pair], fresh).await?;
+        let subject = subjects.get(&pair).cloned().unwrap_or(Subject::OrgNotFound);
+        let token = subject
+            .org_version()
+            .map(|version| {
+                ConsistencyToken {
+                    org: pair.0,
+                    version,
+                }
+                .encode()
+            })
+            .unwrap_or_default();
+        let resp = match subject {
+            Subject::OrgNotFound => pb::ListPermissionsResponse {
+                reason: pb::Reason::OrgNotFound.into(),
+                consistency_token: token,
+                ..Default::default()
+            },
+            Subject::NotMember { .. } => pb::ListPermissionsResponse {
+                reason: pb::Reason::NotMember.into(),
+                consistency_token: token,
+                ..Default::default()
+            },
+            Subject::Member {
+                role, permissions, ..
+            } => pb::ListPermissionsResponse {
+                role,
+                permissions: permissions.to_strings(),
+                reason: pb::Reason::Allowed.into(),
+                consistency_token: token,
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lookup_organizations(
+        &self,
+        request: Request<pb::LookupOrganizationsRequest>,
+    ) -> Result<Response<pb::LookupOrganizationsResponse>, Status> {
+        let req = request.get_ref();
+        let user = UserId::parse("user_id", &req.user_id)?;
+        let permission = self
+            .app
+            .decisions
+            .permission("permission", &req.permission)?;
+        let page = page_request("lookup", req.page_size, &req.page_token)?;
+        let page = self
+            .app
+            .decisions
+            .lookup_orgs(user, &permission, page)
+            .await?;
+        Ok(Response::new(pb::LookupOrganizationsResponse {
+            org_ids: page.items,
+            next_page_token: next_token("lookup", page.next),
+        }))
+    }
+}

@@ -1,0 +1,95 @@
+//! Conversions from stored rows and use-case views to protobuf messages.
+
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
+
+use crate::app::invitations::InvitationView;
+use crate::app::orgs::{MemberView, OrgView};
+use crate::app::roles::RoleView;
+use crate::domain::invitation::InvitationStatus;
+use crate::proto::teamgate::v1 as pb;
+use crate::store::audit::AuditRow;
+
+pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+pub fn from_timestamp(t: &Timestamp) -> Option<DateTime<Utc>> {
+    let nanos = u32::try_from(t.nanos).ok()?;
+    DateTime::from_timestamp(t.seconds, nanos)
+}
+
+pub fn organization(v: &OrgView) -> pb::Organization {
+    pb::Organization {
+        id: v.row.id.clone(),
+        name: v.row.name.clone(),
+        plan: v.row.plan.clone(),
+        created_at: Some(timestamp(v.row.created_at)),
+        member_count: i64::try_from(v.member_count).unwrap_or(i64::MAX),
+        require_mfa: v.row.require_mfa,
+    }
+}
+
+pub fn member(v: &MemberView) -> pb::Member {
+    pb::Member {
+        user_id: v.user.id.clone(),
+        org_id: v.membership.org_id.clone(),
+        email: v.user.email.clone(),
+        first_name: v.user.first_name.clone(),
+        last_name: v.user.last_name.clone(),
+        role: v.membership.role.clone(),
+        joined_at: Some(timestamp(v.membership.joined_at)),
+    }
+}
+
+pub fn invitation_status(s: InvitationStatus) -> pb::InvitationStatus {
+    match s {
+        InvitationStatus::Pending => pb::InvitationStatus::Pending,
+        InvitationStatus::Accepted => pb::InvitationStatus::Accepted,
+        InvitationStatus::Expired => pb::InvitationStatus::Expired,
+        InvitationStatus::Revoked => pb::InvitationStatus::Revoked,
+    }
+}
+
+pub fn invitation(v: &InvitationView) -> pb::Invitation {
+    pb::Invitation {
+        id: v.row.id.clone(),
+        org_id: v.row.org_id.clone(),
+        email: v.row.email.clone(),
+        first_name: v.row.first_name.clone(),
+        last_name: v.row.last_name.clone(),
+        role: v.row.role.clone(),
+        status: invitation_status(v.status).into(),
+        invited_by_user_id: v.row.invited_by_user_id.clone(),
+        created_at: Some(timestamp(v.row.created_at)),
+        expires_at: Some(timestamp(v.row.expires_at)),
+        accepted_at: v.row.accepted_at.map(timestamp),
+    }
+}
+
+pub fn role(v: &RoleView) -> pb::Role {
+    pb::Role {
+        key: v.role.key.clone(),
+        display_name: v.role.display_name.clone(),
+        permissions: v.role.permissions.to_strings(),
+        built_in: v.role.built_in,
+        member_count: i64::try_from(v.member_count).unwrap_or(i64::MAX),
+    }
+}
+
+pub fn audit_event(r: &AuditRow) -> pb::AuditEvent {
+    pb::AuditEvent {
+        id: r.id.clone(),
+        org_id: r.org_id.clone(),
+        actor_user_id: r.actor_user_id.clone(),
+        action: r.action.clone(),
+        target: r.target.clone(),
+        before: r.before.clone().unwrap_or_default(),
+        after: r.after.clone().unwrap_or_default(),
+        occurred_at: Some(timestamp(r.occurred_at)),
+        request_id: r.request_id.clone(),
+    }
+}

@@ -1,0 +1,97 @@
+//! The one mapping from the service's errors to gRPC statuses with `ErrorInfo` details.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::app::AppError;
+use crate::domain::DomainError;
+use crate::store::StoreError;
+
+pub const ERROR_DOMAIN: &str = "teamgate";
+
+fn status(code: Code, message: String, reason: &str, field: Option<&str>) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, ERROR_DOMAIN, HashMap::<String, String>::new());
+    if let Some(field) = field {
+        details.add_bad_request_violation(field, message.clone());
+    }
+    Status::with_error_details(code, message, details)
+}
+
+impl From<DomainError> for Status {
+    fn from(e: DomainError) -> Status {
+        let reason = e.reason();
+        match e {
+            DomainError::Invalid { field, message, .. } => {
+                status(Code::InvalidArgument, message, reason, Some(&field))
+            }
+            DomainError::Unauthenticated { message, .. } => {
+                status(Code::Unauthenticated, message, reason, None)
+            }
+            DomainError::Denied { message, .. } => {
+                status(Code::PermissionDenied, message, reason, None)
+            }
+            DomainError::NotFound { message, .. } => status(Code::NotFound, message, reason, None),
+            DomainError::AlreadyExists { message, .. } => {
+                status(Code::AlreadyExists, message, reason, None)
+            }
+            DomainError::Precondition { message, .. } => {
+                status(Code::FailedPrecondition, message, reason, None)
+            }
+        }
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Status {
+        match &e {
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "database unavailable");
+                status(
+                    Code::Unavailable,
+                    "the database is unavailable: retry shortly".into(),
+                    "DATABASE_UNAVAILABLE",
+                    None,
+                )
+            }
+            StoreError::Conflict(_) => {
+                tracing::info!(error = %e, "concurrent change");
+                status(
+                    Code::Aborted,
+                    "a concurrent change conflicted with this one: retry".into(),
+                    "CONCURRENT_CHANGE",
+                    None,
+                )
+            }
+            StoreError::Db(_) => {
+                tracing::error!(error = ?anyhow::Error::from(e), "database error");
+                status(
+                    Code::Internal,
+                    "internal error: it has been logged".into(),
+                    "INTERNAL",
+                    None,
+                )
+            }
+        }
+    }
+}
+
+impl From<AppError> for Status {
+    fn from(e: AppError) -> Status {
+        match e {
+            AppError::Domain(d) => d.into(),
+            AppError::Store(s) => s.into(),
+        }
+    }
+}
+
+/// A status for a request-level problem that is not a domain rule (sizes, limits).
+pub fn invalid(field: &str, reason: &str, message: impl Into<String>) -> Status {
+    status(Code::InvalidArgument, message.into(), reason, Some(field))
+}
+
+pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Status {
+    status(code, message.into(), reason, None)
+}

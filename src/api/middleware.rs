@@ -1,0 +1,89 @@
+//! The server's tower stack: a request id for every call (accepted from `x-request-id` or
+//! made here, echoed back, recorded in audit events) and a span per RPC with its latency.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response};
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use super::context::{REQUEST_ID_HEADER, RequestId};
+
+#[derive(Debug, Clone, Default)]
+pub struct RequestIdLayer;
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestIdService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestIdService { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestIdService<S> {
+    inner: S,
+}
+
+fn usable(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?.trim();
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    ok.then(|| s.to_owned())
+}
+
+impl<S, B, RB> Service<Request<B>> for RequestIdService<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send,
+    B: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let id = req
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .and_then(usable)
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        req.extensions_mut().insert(RequestId(id.clone()));
+        let method = req.uri().path().to_owned();
+        let span = tracing::info_span!("rpc", %method, request_id = %id, grpc_status = tracing::field::Empty, latency_ms = tracing::field::Empty);
+        // Take the service that was driven to readiness, leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(
+            async move {
+                let started = Instant::now();
+                let result = inner.call(req).await;
+                let span = tracing::Span::current();
+                span.record("latency_ms", started.elapsed().as_secs_f64() * 1000.0);
+                match result {
+                    Ok(mut resp) => {
+                        if let Some(code) = resp.headers().get("grpc-status") {
+                            span.record("grpc_status", code.to_str().unwrap_or("?"));
+                        }
+                        if let Ok(v) = HeaderValue::from_str(&id) {
+                            resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+                        }
+                        tracing::debug!("rpc finished");
+                        Ok(resp)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            .instrument(span),
+        )
+    }
+}

@@ -1,0 +1,9 @@
+//! gRPC transport: tonic services, conversions, error mapping, middleware.
+
+pub mod authz;
+pub mod context;
+pub mod convert;
+pub mod error;
+pub mod middleware;
+pub mod paging;
+pub mod team;

@@ -1,0 +1,89 @@
+//! The command line: `serve`, `migrate`, `policy check`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Overrides;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "teamgate",
+    version,
+    about = "Organizations, members, roles and permission checks over gRPC"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server.
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate(CommonArgs),
+    /// Work with policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file and print every problem with its line.
+    Check {
+        /// The policy file (TOML).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Configuration file (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Database URL, e.g. sqlite://teamgate.db?mode=rwc or postgres://user@host/db.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Log format: auto, human or json.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Address to listen on (default 127.0.0.1:50051).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Redis URL for the shared decision cache.
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Policy file (TOML); the embedded default policy when absent.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+}
+
+impl CommonArgs {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            database_url: self.database_url.clone(),
+            log_format: self.log_format.clone(),
+            ..Overrides::default()
+        }
+    }
+}
+
+impl ServeArgs {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            redis_url: self.redis_url.clone(),
+            policy: self.policy.clone(),
+            ..self.common.overrides()
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! Configuration: built-in defaults → TOML file → `TEAMGATE__`-prefixed environment → flags.
+//! Unknown keys are rejected with their name; ranges are checked at start-up.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// A value that must never be printed (URLs with passwords, keys).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Shows a connection URL without its credentials, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON otherwise.
+    #[default]
+    Auto,
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    pub listen: SocketAddr,
+    /// Policy file; the embedded default policy when absent.
+    pub policy: Option<PathBuf>,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub cache: CacheConfig,
+    pub invitations: InvitationConfig,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://FILE?mode=rwc` or `postgres://user:pass@host/db`.
+    pub url: Secret,
+    /// PostgreSQL schema to use (created if missing); empty means the server's default.
+    pub schema: String,
+    pub max_connections: u32,
+    pub connect_timeout_ms: u64,
+    /// Apply pending migrations at start-up.
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Shared decision cache and invalidation; in-process cache only when absent.
+    pub url: Option<Secret>,
+    pub key_prefix: String,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub max_entries: u64,
+    pub ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InvitationConfig {
+    pub ttl_hours: u64,
+    /// The accept link in invitation emails is this URL followed by the token.
+    pub accept_url_base: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub max_message_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub max_concurrent_requests: usize,
+    /// How long SIGTERM waits for in-flight RPCs before exiting anyway.
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive; `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            policy: None,
+            database: DatabaseConfig::default(),
+            redis: RedisConfig {
+                url: None,
+                key_prefix: "teamgate".into(),
+                timeout_ms: 5,
+            },
+            cache: CacheConfig::default(),
+            invitations: InvitationConfig::default(),
+            server: ServerConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: Secret::new("sqlite://teamgate.db?mode=rwc"),
+            schema: String::new(),
+            max_connections: 16,
+            connect_timeout_ms: 5_000,
+            migrate_on_start: true,
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: 200_000,
+            ttl_secs: 300,
+        }
+    }
+}
+
+impl Default for InvitationConfig {
+    fn default() -> Self {
+        InvitationConfig {
+            ttl_hours: 7 * 24,
+            accept_url_base: "http://localhost:3000/invitations/accept?token=".into(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_message_bytes: 4 * 1024 * 1024,
+            request_timeout_ms: 10_000,
+            max_concurrent_requests: 1024,
+            drain_timeout_ms: 20_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Auto,
+            filter: "info,sqlx=warn,sea_orm=warn,h2=warn,hyper=warn,tonic=warn,tower=warn".into(),
+        }
+    }
+}
+
+/// Values given on the command line; each overrides every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub policy: Option<PathBuf>,
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("configuration key `{key}`: {message}")]
+    Range { key: &'static str, message: String },
+}
+
+impl Config {
+    /// Loads every layer. `file` is optional; when given it must exist.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.to_owned()));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig.merge(Env::prefixed("TEAMGATE__").split("__"));
+        let set = |fig: Figment, key: &str, v: &Option<String>| match v {
+            Some(v) => fig.merge(Serialized::default(key, v)),
+            None => fig,
+        };
+        fig = set(fig, "listen", &overrides.listen);
+        fig = set(fig, "database.url", &overrides.database_url);
+        fig = set(fig, "redis.url", &overrides.redis_url);
+        fig = set(fig, "log.format", &overrides.log_format);
+        if let Some(p) = &overrides.policy {
+            fig = fig.merge(Serialized::default("policy", p));
+        }
+        let config: Config = fig.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let range = |key: &'static str, message: &str| {
+            Err(ConfigError::Range {
+                key,
+                message: message.into(),
+            })
+        };
+        let url = self.database.url.expose();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return range(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            );
+        }
+        if !(1..=1000).contains(&self.database.max_connections) {
+            return range("database.max_connections", "must be 1 to 1000");
+        }
+        if !self
+            .database
+            .schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return range(
+                "database.schema",
+                "may only contain ASCII letters, digits and `_`",
+            );
+        }
+        if self.cache.max_entries == 0 {
+            return range("cache.max_entries", "must be at least 1");
+        }
+        if self.invitations.ttl_hours == 0 || self.invitations.ttl_hours > 24 * 365 {
+            return range("invitations.ttl_hours", "must be 1 to 8760 (a year)");
+        }
+        if self.server.max_message_bytes < 1024 {
+            return range("server.max_message_bytes", "must be at least 1024");
+        }
+        if self.server.max_concurrent_requests == 0 {
+            return range("server.max_concurrent_requests", "must be at least 1");
+        }
+        if self.redis.timeout_ms == 0 {
+            return range("redis.timeout_ms", "must be at least 1");
+        }
+        if let Some(u) = &self.redis.url
+            && !(u.expose().starts_with("redis://") || u.expose().starts_with("rediss://"))
+        {
+            return range("redis.url", "must start with redis:// or rediss://");
+        }
+        Ok(())
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.database.connect_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert!(c.database.url.expose().starts_with("sqlite://teamgate.db"));
+        assert_eq!(format!("{:?}", c.database.url), "Secret(***)");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[database]\nurll = \"x\"\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\n[cache]\nttl_secs = 9\n").unwrap();
+        let o = Overrides {
+            listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&path), &o).unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.cache.ttl_secs, 9);
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let o = Overrides {
+            database_url: Some("mysql://x".into()),
+            ..Default::default()
+        };
+        let err = Config::load(None, &o).unwrap_err();
+        assert!(err.to_string().contains("database.url"));
+    }
+
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(redact_url("postgres://u:p@h/db"), "postgres://***@h/db");
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,211 @@
+//! Building and running the server: storage, policy, cache, services, reflection and health
+//! on one port. `start` returns the bound address, so tests bind port 0.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api::authz::AuthzApi;
+use crate::api::middleware::RequestIdLayer;
+use crate::api::team::TeamApi;
+use crate::app::authz::Decisions;
+use crate::app::{App, AppSettings};
+use crate::cache::{CacheSettings, DecisionCache};
+use crate::config::{Config, redact_url};
+use crate::delivery::{LogSink, Sink, Worker, WorkerSettings};
+use crate::domain::clock::{Clock, SystemClock};
+use crate::domain::policy::Policy;
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::proto::teamgate::v1::authz_service_server::AuthzServiceServer;
+use crate::proto::teamgate::v1::team_service_server::TeamServiceServer;
+use crate::store::{Store, StoreOptions};
+
+/// Reads and validates a policy file, or the embedded default when `path` is `None`.
+pub fn load_policy(path: Option<&Path>) -> anyhow::Result<Policy> {
+    match path {
+        None => Ok(Policy::embedded_default()),
+        Some(p) => {
+            let source = std::fs::read_to_string(p)
+                .with_context(|| format!("reading policy file {}", p.display()))?;
+            Policy::parse(&source)
+                .map_err(|e| anyhow::anyhow!("policy file {} is invalid:\n{e}", p.display()))
+        }
+    }
+}
+
+/// Connects to the configured database, creating the PostgreSQL schema if one is named.
+pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
+    let url = config.database.url.expose();
+    let schema = (!config.database.schema.is_empty()).then(|| config.database.schema.clone());
+    let store = Store::connect(&StoreOptions {
+        url: url.to_owned(),
+        max_connections: config.database.max_connections,
+        connect_timeout: config.connect_timeout(),
+        pg_schema: schema.clone(),
+    })
+    .await
+    .with_context(|| format!("connecting to {}", redact_url(url)))?;
+    if let (Some(schema), sea_orm::DbBackend::Postgres) = (&schema, store.backend()) {
+        store
+            .execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            .await
+            .with_context(|| format!("creating schema {schema}"))?;
+    }
+    Ok(store)
+}
+
+/// What a caller can swap when starting the server (tests inject a clock and a mail sink).
+pub struct Dependencies {
+    pub clock: Arc<dyn Clock>,
+    pub sink: Arc<dyn Sink>,
+}
+
+impl Default for Dependencies {
+    fn default() -> Self {
+        Dependencies {
+            clock: Arc::new(SystemClock),
+            sink: Arc::new(LogSink),
+        }
+    }
+}
+
+/// A running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    health: HealthReporter,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    background: Vec<JoinHandle<()>>,
+    drain_timeout: Duration,
+}
+
+impl Running {
+    /// Stops accepting calls, lets in-flight ones finish (up to the drain timeout), stops
+    /// background work.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        set_health(&self.health, ServingStatus::NotServing).await;
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let drained = tokio::time::timeout(self.drain_timeout, &mut self.server).await;
+        for task in &self.background {
+            task.abort();
+        }
+        match drained {
+            Ok(joined) => joined.context("server task")?.context("serving")?,
+            Err(_) => {
+                tracing::warn!("drain timeout reached; exiting with calls in flight");
+                self.server.abort();
+            }
+        }
+        self.app.store.clone().close().await;
+        Ok(())
+    }
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for name in ["", "teamgate.v1.TeamService", "teamgate.v1.AuthzService"] {
+        health.set_service_status(name, status).await;
+    }
+}
+
+pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Running> {
+    let policy = Arc::new(load_policy(config.policy.as_deref())?);
+    tracing::info!(policy = %policy.summary(), "policy loaded");
+    let store = connect_store(config).await?;
+    if config.database.migrate_on_start {
+        store.migrate().await.context("applying migrations")?;
+    }
+    {
+        let tx = store.write().await?;
+        crate::store::roles::sync_built_in(&*tx, &policy, deps.clock.now()).await?;
+        tx.commit().await?;
+    }
+    let cache = DecisionCache::new(&CacheSettings {
+        max_entries: config.cache.max_entries,
+        ttl: Duration::from_secs(config.cache.ttl_secs),
+    });
+    let decisions = Decisions::new(store.clone(), policy.clone(), cache);
+    let app = Arc::new(App {
+        store: store.clone(),
+        policy,
+        clock: deps.clock.clone(),
+        settings: AppSettings {
+            invitation_ttl: chrono::Duration::hours(
+                i64::try_from(config.invitations.ttl_hours).unwrap_or(168),
+            ),
+        },
+        decisions,
+    });
+
+    let worker = Worker::new(
+        store.clone(),
+        deps.sink.clone(),
+        deps.clock.clone(),
+        WorkerSettings {
+            accept_url_base: config.invitations.accept_url_base.clone(),
+            ..WorkerSettings::default()
+        },
+    );
+    let background = vec![tokio::spawn(worker.run())];
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::Serving).await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let max = config.server.max_message_bytes;
+    let team = TeamServiceServer::new(TeamApi::new(app.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let authz = AuthzServiceServer::new(AuthzApi::new(app.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let router = Server::builder()
+        .timeout(Duration::from_millis(config.server.request_timeout_ms))
+        .layer(RequestIdLayer)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(team)
+        .add_service(authz);
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    tracing::info!(%addr, database = %redact_url(config.database.url.expose()), "teamgate listening");
+    Ok(Running {
+        addr,
+        app,
+        health,
+        shutdown: Some(tx),
+        server,
+        background,
+        drain_timeout: Duration::from_millis(config.server.drain_timeout_ms),
+    })
+}
