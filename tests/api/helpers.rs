@@ -1,0 +1,312 @@
+//! Test harness: every test spawns the real server on port 0 with its own database (a fresh
+//! SQLite file, or a fresh schema in the PostgreSQL database named by
+//! `TEAMGATE_TEST_DATABASE_URL`) and talks to it over real gRPC.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use teamgate::config::{Config, Secret};
+use teamgate::delivery::{EmailMessage, Sink};
+use teamgate::domain::clock::ManualClock;
+use teamgate::proto::teamgate::v1 as pb;
+use teamgate::proto::teamgate::v1::authz_service_client::AuthzServiceClient;
+use teamgate::proto::teamgate::v1::team_service_client::TeamServiceClient;
+use teamgate::startup::{self, Dependencies, Running};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
+
+pub const PG_ENV: &str = "TEAMGATE_TEST_DATABASE_URL";
+pub const REQUIRE_ENV: &str = "TEAMGATE_REQUIRE_BACKENDS";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs a test body against SQLite and PostgreSQL, as two tests.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if $crate::helpers::backend_available($crate::helpers::Backend::Postgres) {
+                        super::$name($crate::helpers::Backend::Postgres).await
+                    }
+                }
+            }
+        )*
+    };
+}
+
+/// Whether a backend's suite can run; prints a loud notice when it is skipped, and fails
+/// when `TEAMGATE_REQUIRE_BACKENDS` says skipping is not allowed (as in CI).
+pub fn backend_available(backend: Backend) -> bool {
+    match backend {
+        Backend::Sqlite => true,
+        Backend::Postgres => {
+            if std::env::var(PG_ENV).is_ok_and(|v| !v.is_empty()) {
+                return true;
+            }
+            if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
+                panic!("{PG_ENV} is not set but {REQUIRE_ENV}=1: the PostgreSQL suite must run");
+            }
+            eprintln!(
+                "\n!!!!!!!! SKIPPED: PostgreSQL suite — set {PG_ENV}=postgres://postgres@127.0.0.1:5432/postgres to run it !!!!!!!!\n"
+            );
+            false
+        }
+    }
+}
+
+/// Emails captured instead of being sent; can be told to fail the next deliveries.
+#[derive(Clone, Default)]
+pub struct RecordingSink {
+    pub sent: Arc<Mutex<Vec<EmailMessage>>>,
+    pub fail_next: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Sink for RecordingSink {
+    async fn send(&self, message: &EmailMessage) -> Result<(), String> {
+        if self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err("simulated delivery failure".into());
+        }
+        self.sent.lock().unwrap().push(message.clone());
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "recording"
+    }
+}
+
+pub struct TestServer {
+    pub backend: Backend,
+    pub running: Option<Running>,
+    pub team: TeamServiceClient<Channel>,
+    pub authz: AuthzServiceClient<Channel>,
+    pub channel: Channel,
+    pub clock: ManualClock,
+    pub sink: RecordingSink,
+    pub config: Config,
+    _dir: tempfile::TempDir,
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn init_logs() {
+    if std::env::var("TEST_LOG").is_ok() {
+        teamgate::telemetry::init(&teamgate::config::LogFormat::Human, "info,sqlx=warn");
+    }
+}
+
+/// A config with an isolated database for one test.
+pub fn isolated_config(backend: Backend, dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    match backend {
+        Backend::Sqlite => {
+            let file = dir.join("teamgate.db");
+            config.database.url = Secret::new(format!("sqlite://{}?mode=rwc", file.display()));
+        }
+        Backend::Postgres => {
+            config.database.url = Secret::new(std::env::var(PG_ENV).unwrap());
+            config.database.schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+            config.database.max_connections = 8;
+        }
+    }
+    config.server.drain_timeout_ms = 2_000;
+    config
+}
+
+impl TestServer {
+    pub async fn spawn(backend: Backend) -> TestServer {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    pub async fn spawn_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> TestServer {
+        init_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = isolated_config(backend, dir.path());
+        configure(&mut config);
+        Self::start(backend, config, dir).await
+    }
+
+    async fn start(backend: Backend, config: Config, dir: tempfile::TempDir) -> TestServer {
+        let clock = ManualClock::starting_now();
+        let sink = RecordingSink::default();
+        let running = startup::start(
+            &config,
+            Dependencies {
+                clock: Arc::new(clock.clone()),
+                sink: Arc::new(sink.clone()),
+            },
+        )
+        .await
+        .expect("server starts");
+        let channel = Channel::from_shared(format!("http://{}", running.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connects");
+        TestServer {
+            backend,
+            team: TeamServiceClient::new(channel.clone()),
+            authz: AuthzServiceClient::new(channel.clone()),
+            channel,
+            running: Some(running),
+            clock,
+            sink,
+            config,
+            _dir: dir,
+        }
+    }
+
+    /// A second server process-equivalent on the same database (another replica).
+    pub async fn replica(&self) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = self.config.clone();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        Self::start(self.backend, config, dir).await
+    }
+
+    pub fn app(&self) -> &teamgate::app::App {
+        &self.running.as_ref().unwrap().app
+    }
+
+    /// Creates an org whose owner is a new user; returns (org id, owner user id).
+    pub async fn org(&self, name: &str, plan: &str) -> (String, String) {
+        let email = format!("owner-{}@example.com", uuid::Uuid::now_v7().simple());
+        let resp = self
+            .team
+            .clone()
+            .create_organization(pb::CreateOrganizationRequest {
+                name: name.into(),
+                plan: plan.into(),
+                owner_ref: Some(pb::create_organization_request::OwnerRef::Owner(
+                    pb::NewUser {
+                        email,
+                        first_name: "Olivia".into(),
+                        last_name: "Owner".into(),
+                    },
+                )),
+            })
+            .await
+            .expect("org created")
+            .into_inner();
+        let org = resp.organization.unwrap().id;
+        let owner = resp.owner.unwrap().user_id;
+        (org, owner)
+    }
+
+    /// Adds a member with `role` by inviting and accepting; returns their user id.
+    pub async fn member(&self, org: &str, owner: &str, role: &str) -> String {
+        let email = format!("m-{}@example.com", uuid::Uuid::now_v7().simple());
+        self.member_with_email(org, owner, role, &email).await
+    }
+
+    pub async fn member_with_email(
+        &self,
+        org: &str,
+        actor: &str,
+        role: &str,
+        email: &str,
+    ) -> String {
+        let token = self
+            .team
+            .clone()
+            .invite_member(as_actor(
+                actor,
+                pb::InviteMemberRequest {
+                    org_id: org.into(),
+                    email: email.into(),
+                    first_name: "Mia".into(),
+                    last_name: "Member".into(),
+                    role: role.into(),
+                },
+            ))
+            .await
+            .expect("invited")
+            .into_inner()
+            .token;
+        self.team
+            .clone()
+            .accept_invitation(pb::AcceptInvitationRequest {
+                token,
+                ..Default::default()
+            })
+            .await
+            .expect("accepted")
+            .into_inner()
+            .member
+            .unwrap()
+            .user_id
+    }
+
+    pub async fn check(&self, org: &str, user: &str, permission: &str) -> pb::CheckResponse {
+        self.authz
+            .clone()
+            .check(pb::CheckRequest {
+                org_id: org.into(),
+                user_id: user.into(),
+                permission: permission.into(),
+                consistency: None,
+            })
+            .await
+            .expect("check answers")
+            .into_inner()
+    }
+
+    pub async fn allowed(&self, org: &str, user: &str, permission: &str) -> bool {
+        self.check(org, user, permission).await.allowed
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// Wraps a message in a request carrying `x-actor-user-id`.
+pub fn as_actor<T>(actor: &str, message: T) -> Request<T> {
+    let mut req = Request::new(message);
+    req.metadata_mut()
+        .insert("x-actor-user-id", actor.parse().unwrap());
+    req
+}
+
+/// Asserts a status code and `ErrorInfo` reason (domain `teamgate`).
+#[track_caller]
+pub fn assert_error(status: &Status, code: Code, reason: &str) {
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo on {status:?}"));
+    assert_eq!(info.domain, "teamgate");
+    assert_eq!(info.reason, reason, "unexpected reason: {status:?}");
+}
+
+pub fn unwrap_err<T: std::fmt::Debug>(r: Result<T, Status>) -> Status {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(s) => s,
+    }
+}

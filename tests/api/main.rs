@@ -1,0 +1,13 @@
+//! Integration tests: one binary, each test with its own server, database and Redis prefix.
+
+pub mod helpers;
+
+mod audit;
+mod authz;
+mod bad_input;
+mod invitations;
+mod members;
+mod orgs;
+mod policies;
+mod roles;
+mod server;

@@ -1,0 +1,118 @@
+//! The server itself: reflection (v1 and v1alpha), health, request ids, graceful shutdown.
+
+use teamgate::proto::teamgate::v1 as pb;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+
+use crate::helpers::{Backend, TestServer};
+
+#[tokio::test]
+async fn reflection_lists_services_and_error_types() {
+    let s = TestServer::spawn(Backend::Sqlite).await;
+    let mut client = ServerReflectionClient::new(s.channel.clone());
+    let ask = |m: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter(vec![
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol(
+                "google.rpc.ErrorInfo".into(),
+            )),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+        panic!("unexpected {first:?}")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "teamgate.v1.TeamService",
+        "teamgate.v1.AuthzService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    let second = stream.message().await.unwrap().unwrap();
+    assert!(
+        matches!(
+            second.message_response,
+            Some(MessageResponse::FileDescriptorResponse(_))
+        ),
+        "google.rpc.ErrorInfo must be resolvable: {second:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn health_serves_then_drains() {
+    let s = TestServer::spawn(Backend::Sqlite).await;
+    let mut health = HealthClient::new(s.channel.clone());
+    for service in ["", "teamgate.v1.TeamService", "teamgate.v1.AuthzService"] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving);
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_made() {
+    let s = TestServer::spawn(Backend::Sqlite).await;
+    let mut req = tonic::Request::new(pb::CheckRequest {
+        org_id: uuid::Uuid::now_v7().to_string(),
+        user_id: uuid::Uuid::now_v7().to_string(),
+        permission: "members.view".into(),
+        consistency: None,
+    });
+    req.metadata_mut()
+        .insert("x-request-id", "abc-123".parse().unwrap());
+    let resp = s.authz.clone().check(req).await.unwrap();
+    assert_eq!(resp.metadata().get("x-request-id").unwrap(), "abc-123");
+    let resp = s
+        .authz
+        .clone()
+        .check(pb::CheckRequest {
+            org_id: uuid::Uuid::now_v7().to_string(),
+            user_id: uuid::Uuid::now_v7().to_string(),
+            permission: "members.view".into(),
+            consistency: None,
+        })
+        .await
+        .unwrap();
+    let made = resp
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(uuid::Uuid::parse_str(made).is_ok());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn data_survives_a_restart() {
+    let s = TestServer::spawn(Backend::Sqlite).await;
+    let (org, owner) = s.org("Durable", "").await;
+    let config = s.config.clone();
+    let replica = s.replica().await;
+    s.stop().await;
+    assert!(replica.allowed(&org, &owner, "org.delete").await);
+    replica.stop().await;
+    let _ = config;
+}
