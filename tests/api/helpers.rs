@@ -119,8 +119,10 @@ fn init_logs() {
 
 /// A config with an isolated database for one test.
 pub fn isolated_config(backend: Backend, dir: &std::path::Path) -> Config {
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
     match backend {
         Backend::Sqlite => {
             let file = dir.join("teamgate.db");
