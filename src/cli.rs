@@ -32,10 +32,18 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Validate a policy file and print every problem with its line.
+    /// Validate a policy file and print every problem with its line; with --database-url,
+    /// also list what that database references that the policy no longer declares (the
+    /// check `serve` makes before starting), without changing anything.
     Check {
         /// The policy file (TOML).
         file: PathBuf,
+        /// Compare the policy with this database, e.g. postgres://user@host/db.
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+        /// Configuration file (TOML) for the other database settings (schema, timeouts).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 

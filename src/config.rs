@@ -61,6 +61,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub cache: CacheConfig,
     pub invitations: InvitationConfig,
+    pub mail: MailConfig,
     pub server: ServerConfig,
     pub log: LogConfig,
 }
@@ -102,6 +103,73 @@ pub struct InvitationConfig {
     pub accept_url_base: String,
 }
 
+/// Where invitation emails go.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MailSinkKind {
+    /// Write each email to the log: subject and recipient at info level, the body (with the
+    /// accept link, a secret) only at debug level (`RUST_LOG=info,teamgate::delivery=debug`).
+    #[default]
+    Log,
+    /// Send through an SMTP server (`[mail.smtp]`).
+    Smtp,
+    /// POST each email as signed JSON to an HTTP endpoint (`[mail.webhook]`).
+    Webhook,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain text: only for a relay on the same host or a trusted network.
+    None,
+    /// Upgrade with STARTTLS (required, not opportunistic); port 587 by default.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (SMTPS); port 465 by default.
+    Tls,
+}
+
+/// Invitation email delivery: an outbox drained by a background worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    pub sink: MailSinkKind,
+    /// How often the worker looks for due messages.
+    pub poll_interval_ms: u64,
+    /// Retries back off exponentially from 1 s up to this.
+    pub max_backoff_secs: u64,
+    /// One delivery attempt is abandoned (and retried later) after this long.
+    pub send_timeout_ms: u64,
+    pub smtp: SmtpConfig,
+    pub webhook: WebhookConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    pub host: String,
+    /// 0 means the TLS mode's usual port: 25 (none), 587 (starttls), 465 (tls).
+    pub port: u16,
+    pub tls: SmtpTls,
+    /// Empty means no authentication. Usually set through `TEAMGATE__MAIL__SMTP__USERNAME`.
+    pub username: Secret,
+    /// Usually set through `TEAMGATE__MAIL__SMTP__PASSWORD`.
+    pub password: Secret,
+    /// The sender, e.g. `Acme <no-reply@acme.example>`.
+    pub from: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// `https://…` endpoint that receives each email as JSON.
+    pub url: String,
+    /// HMAC-SHA256 key for the `x-teamgate-signature` header. Usually set through
+    /// `TEAMGATE__MAIL__WEBHOOK__SECRET`.
+    pub secret: Secret,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -133,6 +201,7 @@ impl Default for Config {
             },
             cache: CacheConfig::default(),
             invitations: InvitationConfig::default(),
+            mail: MailConfig::default(),
             server: ServerConfig::default(),
             log: LogConfig::default(),
         }
@@ -165,6 +234,32 @@ impl Default for InvitationConfig {
         InvitationConfig {
             ttl_hours: 7 * 24,
             accept_url_base: "http://localhost:3000/invitations/accept?token=".into(),
+        }
+    }
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            sink: MailSinkKind::Log,
+            poll_interval_ms: 500,
+            max_backoff_secs: 3600,
+            send_timeout_ms: 30_000,
+            smtp: SmtpConfig::default(),
+            webhook: WebhookConfig::default(),
+        }
+    }
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            host: String::new(),
+            port: 0,
+            tls: SmtpTls::Starttls,
+            username: Secret::default(),
+            password: Secret::default(),
+            from: String::new(),
         }
     }
 }
@@ -273,6 +368,7 @@ impl Config {
         if self.invitations.ttl_hours == 0 || self.invitations.ttl_hours > 24 * 365 {
             return range("invitations.ttl_hours", "must be 1 to 8760 (a year)");
         }
+        self.validate_mail()?;
         if self.server.max_message_bytes < 1024 {
             return range("server.max_message_bytes", "must be at least 1024");
         }
@@ -286,6 +382,59 @@ impl Config {
             && !(u.expose().starts_with("redis://") || u.expose().starts_with("rediss://"))
         {
             return range("redis.url", "must start with redis:// or rediss://");
+        }
+        Ok(())
+    }
+
+    fn validate_mail(&self) -> Result<(), ConfigError> {
+        let range = |key: &'static str, message: &str| {
+            Err(ConfigError::Range {
+                key,
+                message: message.into(),
+            })
+        };
+        let mail = &self.mail;
+        if mail.poll_interval_ms == 0 {
+            return range("mail.poll_interval_ms", "must be at least 1");
+        }
+        if mail.max_backoff_secs == 0 {
+            return range("mail.max_backoff_secs", "must be at least 1");
+        }
+        if !(100..=240_000).contains(&mail.send_timeout_ms) {
+            return range("mail.send_timeout_ms", "must be 100 to 240000 (4 minutes)");
+        }
+        match mail.sink {
+            MailSinkKind::Log => {}
+            MailSinkKind::Smtp => {
+                if mail.smtp.host.trim().is_empty() {
+                    return range("mail.smtp.host", "is required when mail.sink = \"smtp\"");
+                }
+                if mail.smtp.from.trim().is_empty() {
+                    return range("mail.smtp.from", "is required when mail.sink = \"smtp\"");
+                }
+                if mail.smtp.username.expose().is_empty() != mail.smtp.password.expose().is_empty()
+                {
+                    return range(
+                        "mail.smtp.password",
+                        "set both mail.smtp.username and mail.smtp.password, or neither",
+                    );
+                }
+            }
+            MailSinkKind::Webhook => {
+                let url = mail.webhook.url.as_str();
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return range(
+                        "mail.webhook.url",
+                        "must start with https:// or http:// when mail.sink = \"webhook\"",
+                    );
+                }
+                if mail.webhook.secret.expose().len() < 16 {
+                    return range(
+                        "mail.webhook.secret",
+                        "must be at least 16 characters when mail.sink = \"webhook\"",
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -338,6 +487,41 @@ mod tests {
         };
         let err = Config::load(None, &o).unwrap_err();
         assert!(err.to_string().contains("database.url"));
+    }
+
+    #[test]
+    fn mail_settings_are_checked() {
+        let mut c = Config::default();
+        c.mail.sink = MailSinkKind::Smtp;
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("mail.smtp.host"), "{err}");
+        c.mail.smtp.host = "mail.example.com".into();
+        c.mail.smtp.from = "Acme <no-reply@example.com>".into();
+        assert!(c.validate().is_ok());
+        c.mail.sink = MailSinkKind::Webhook;
+        c.mail.webhook.url = "https://hooks.example.com/mail".into();
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("mail.webhook.secret"), "{err}");
+        assert_eq!(
+            format!("{:?}", c.mail.smtp.password),
+            "Secret(***)",
+            "secrets never print"
+        );
+    }
+
+    #[test]
+    fn mail_sink_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[mail]\nsink = \"smtp\"\n[mail.smtp]\nhost = \"127.0.0.1\"\nport = 2525\ntls = \"none\"\nfrom = \"t <t@example.com>\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(c.mail.sink, MailSinkKind::Smtp);
+        assert_eq!(c.mail.smtp.tls, SmtpTls::None);
+        assert_eq!(c.mail.smtp.port, 2525);
     }
 
     #[test]

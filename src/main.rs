@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use teamgate::cli::{Cli, Command, PolicyCommand};
-use teamgate::config::Config;
+use teamgate::config::{Config, Overrides, redact_url};
+use teamgate::domain::clock::{Clock, SystemClock};
 use teamgate::domain::policy::Policy;
 use teamgate::startup::{self, Dependencies};
 use teamgate::telemetry;
@@ -42,14 +43,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy {
-            command: PolicyCommand::Check { file },
+            command:
+                PolicyCommand::Check {
+                    file,
+                    database_url,
+                    config,
+                },
         } => {
             let source = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
             match Policy::parse(&source) {
                 Ok(policy) => {
                     println!("{}: ok ({})", file.display(), policy.summary());
-                    Ok(ExitCode::SUCCESS)
+                    match database_url {
+                        Some(url) => check_drift(&policy, url, config.as_deref()).await,
+                        None => Ok(ExitCode::SUCCESS),
+                    }
                 }
                 Err(e) => {
                     eprintln!("{}: {} problem(s)\n{e}", file.display(), e.problems.len());
@@ -57,6 +66,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+    }
+}
+
+/// `policy check --database-url`: what the database references that the policy does not
+/// declare, read without migrating or changing anything.
+async fn check_drift(
+    policy: &Policy,
+    url: String,
+    config_file: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let overrides = Overrides {
+        database_url: Some(url),
+        ..Overrides::default()
+    };
+    let config = Config::load(config_file, &overrides)?;
+    let shown = redact_url(config.database.url.expose());
+    let store = startup::connect_store(&config).await?;
+    let now = SystemClock.now();
+    let report = teamgate::store::drift::compare(store.conn(), policy, now)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("reading {shown} (is it migrated? `teamgate migrate` does that): {e}")
+        });
+    store.close().await;
+    let report = report?;
+    if report.is_empty() {
+        println!("{shown}: ok ({report})");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{shown}: {report}");
+        Ok(ExitCode::FAILURE)
     }
 }
 

@@ -20,6 +20,7 @@ use crate::api::middleware::RequestIdLayer;
 use crate::api::team::TeamApi;
 use crate::app::authz::Decisions;
 use crate::app::{App, AppSettings};
+use crate::cache::redis::RedisSettings;
 use crate::cache::{CacheSettings, DecisionCache};
 use crate::config::{Config, redact_url};
 use crate::delivery::{LogSink, Sink, Worker, WorkerSettings};
@@ -67,6 +68,7 @@ pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
 /// What a caller can swap when starting the server (tests inject a clock and a mail sink).
 pub struct Dependencies {
     pub clock: Arc<dyn Clock>,
+    /// Used when `mail.sink` is `log` (the default); an SMTP or webhook sink replaces it.
     pub sink: Arc<dyn Sink>,
 }
 
@@ -83,6 +85,8 @@ impl Default for Dependencies {
 pub struct Running {
     pub addr: SocketAddr,
     pub app: Arc<App>,
+    /// The outbox worker; `deliver_due` runs one delivery pass now (tests use it).
+    pub outbox: Arc<Worker>,
     health: HealthReporter,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -129,12 +133,31 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
     }
     {
         let tx = store.write().await?;
+        // Refuse a policy that would silently change access: one dropping a role, permission
+        // or plan the database still references (see `domain::drift`).
+        let drift = crate::store::drift::compare(&*tx, &policy, deps.clock.now())
+            .await
+            .context("comparing the policy with the database")?;
+        if !drift.is_empty() {
+            let source = config.policy.as_deref().map_or_else(
+                || "the embedded default policy".to_owned(),
+                |p| format!("policy file {}", p.display()),
+            );
+            anyhow::bail!("refusing to start with {source}: {drift}");
+        }
         crate::store::roles::sync_built_in(&*tx, &policy, deps.clock.now()).await?;
         tx.commit().await?;
     }
+    let ttl = Duration::from_secs(config.cache.ttl_secs);
     let cache = DecisionCache::new(&CacheSettings {
         max_entries: config.cache.max_entries,
-        ttl: Duration::from_secs(config.cache.ttl_secs),
+        ttl,
+        redis: config.redis.url.as_ref().map(|url| RedisSettings {
+            url: url.expose().to_owned(),
+            prefix: config.redis.key_prefix.clone(),
+            timeout: Duration::from_millis(config.redis.timeout_ms),
+            ttl,
+        }),
     });
     let decisions = Decisions::new(store.clone(), policy.clone(), cache);
     let app = Arc::new(App {
@@ -149,16 +172,16 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
         decisions,
     });
 
-    let worker = Worker::new(
+    // SMTP or a webhook when configured; otherwise the caller's sink (the log by default).
+    let sink = crate::delivery::configured_sink(&config.mail, deps.clock.clone())?
+        .unwrap_or_else(|| deps.sink.clone());
+    let outbox = Arc::new(Worker::new(
         store.clone(),
-        deps.sink.clone(),
+        sink,
         deps.clock.clone(),
-        WorkerSettings {
-            accept_url_base: config.invitations.accept_url_base.clone(),
-            ..WorkerSettings::default()
-        },
-    );
-    let background = vec![tokio::spawn(worker.run())];
+        WorkerSettings::from_config(&config.mail, &config.invitations.accept_url_base),
+    ));
+    let background = vec![tokio::spawn(outbox.clone().run())];
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
@@ -202,6 +225,7 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
     Ok(Running {
         addr,
         app,
+        outbox,
         health,
         shutdown: Some(tx),
         server,

@@ -10,10 +10,10 @@ use super::context::ctx;
 use super::convert;
 use super::error::with_reason;
 use super::paging::{next_token, page_request};
-use crate::app::App;
-use crate::app::invitations::{Acceptance, NewInvitation};
+use crate::app::invitations::{Acceptance, BadTokenLimiter, NewInvitation};
 use crate::app::orgs::{NewOrg, NewOwner, OrgChanges};
 use crate::app::roles::RoleDefinition;
+use crate::app::{App, AppError};
 use crate::domain::DomainError;
 use crate::domain::email::Email;
 use crate::domain::ids::{InvitationId, OrgId, UserId};
@@ -26,11 +26,14 @@ use crate::store::invitations::StatusFilter;
 
 pub struct TeamApi {
     app: Arc<App>,
+    /// Bad invitation tokens per caller, for AcceptInvitation's brute-force limit.
+    bad_tokens: BadTokenLimiter,
 }
 
 impl TeamApi {
     pub fn new(app: Arc<App>) -> Self {
-        TeamApi { app }
+        let bad_tokens = BadTokenLimiter::new(app.clock.clone());
+        TeamApi { app, bad_tokens }
     }
 }
 
@@ -342,6 +345,7 @@ impl TeamService for TeamApi {
         request: Request<pb::AcceptInvitationRequest>,
     ) -> Result<Response<pb::AcceptInvitationResponse>, Status> {
         let ctx = ctx(&request)?;
+        let caller = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         let secret = req.token.trim();
         if secret.is_empty() || secret.len() > 256 {
@@ -373,7 +377,24 @@ impl TeamService for TeamApi {
                 .transpose()?
                 .flatten(),
         };
-        let (member, org, token) = self.app.accept_invitation(&ctx, secret, acceptance).await?;
+        if let Err(wait) = self.bad_tokens.check(caller) {
+            return Err(with_reason(
+                tonic::Code::ResourceExhausted,
+                "TOO_MANY_ATTEMPTS",
+                format!(
+                    "too many invalid invitation tokens from this address: retry in {wait} s, with the link from the invitation email"
+                ),
+            ));
+        }
+        let (member, org, token) = match self.app.accept_invitation(&ctx, secret, acceptance).await
+        {
+            Ok(accepted) => accepted,
+            Err(AppError::Domain(e)) if e.reason() == "INVITATION_NOT_FOUND" => {
+                self.bad_tokens.record_failure(caller);
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(Response::new(pb::AcceptInvitationResponse {
             member: Some(convert::member(&member)),
             organization: Some(convert::organization(&org)),

@@ -1,11 +1,16 @@
 //! Invitations: invite by email, list, resend, revoke, accept — within the plan's seats.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::orgs::{MemberView, OrgView};
 use super::{App, AppResult, Page, PageRequest, RequestCtx, org_not_found, token};
 use crate::domain::DomainError;
+use crate::domain::clock::Clock;
 use crate::domain::email::Email;
 use crate::domain::ids::{InvitationId, OrgId, UserId};
 use crate::domain::invitation::{InvitationStatus, StoredState, ensure_seat_available};
@@ -38,14 +43,90 @@ pub struct Acceptance {
     pub last_name: Option<String>,
 }
 
-/// The outbox message kind for invitation emails.
-pub const INVITATION_EMAIL: &str = "invitation_email";
+pub use crate::delivery::INVITATION_EMAIL;
 
 fn invitation_not_found() -> DomainError {
     DomainError::not_found(
         "INVITATION_NOT_FOUND",
         "no such invitation: check the id, or ListInvitations to find it",
     )
+}
+
+/// Compares two secrets' hashes in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Counts bad invitation tokens per caller (peer IP) and refuses callers that sent too many
+/// within a window, so tokens cannot be guessed by brute force. Time comes from the clock.
+pub struct BadTokenLimiter {
+    clock: Arc<dyn Clock>,
+    max_failures: u32,
+    window: chrono::Duration,
+    callers: Mutex<HashMap<Option<IpAddr>, FailureWindow>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FailureWindow {
+    started: DateTime<Utc>,
+    failures: u32,
+}
+
+/// Entries kept before stale ones are swept.
+const LIMITER_SWEEP_AT: usize = 10_000;
+
+impl BadTokenLimiter {
+    /// Ten bad tokens per caller per ten minutes.
+    pub fn new(clock: Arc<dyn Clock>) -> BadTokenLimiter {
+        BadTokenLimiter::with_limits(clock, 10, chrono::Duration::minutes(10))
+    }
+
+    pub fn with_limits(
+        clock: Arc<dyn Clock>,
+        max_failures: u32,
+        window: chrono::Duration,
+    ) -> BadTokenLimiter {
+        BadTokenLimiter {
+            clock,
+            max_failures,
+            window,
+            callers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Err(seconds to wait)` while the caller is over its budget.
+    pub fn check(&self, caller: Option<IpAddr>) -> Result<(), u64> {
+        let now = self.clock.now();
+        let callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        match callers.get(&caller) {
+            Some(w) if w.failures >= self.max_failures && now < w.started + self.window => {
+                let wait = (w.started + self.window - now).num_seconds().max(1);
+                Err(u64::try_from(wait).unwrap_or(1))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Records one bad token from the caller.
+    pub fn record_failure(&self, caller: Option<IpAddr>) {
+        let now = self.clock.now();
+        let window = self.window;
+        let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        if callers.len() >= LIMITER_SWEEP_AT {
+            callers.retain(|_, w| now < w.started + window);
+        }
+        let entry = callers.entry(caller).or_insert(FailureWindow {
+            started: now,
+            failures: 0,
+        });
+        if now >= entry.started + window {
+            *entry = FailureWindow {
+                started: now,
+                failures: 0,
+            };
+        }
+        entry.failures = entry.failures.saturating_add(1);
+    }
 }
 
 fn invitation_json(row: &InvitationRow) -> serde_json::Value {
@@ -283,6 +364,21 @@ impl App {
         self.ensure_not_member(&*tx, &org.id, &inv.row.email)
             .await?;
         if inv.status == InvitationStatus::Expired {
+            // The email may have been invited again since this one expired: one pending
+            // invitation per email.
+            if let Some(other) =
+                invitations::find_pending_for_email(&*tx, &org.id, &inv.row.email, self.now())
+                    .await?
+            {
+                return Err(DomainError::exists(
+                    "ALREADY_INVITED",
+                    format!(
+                        "{} already has a newer pending invitation ({}): resend that one instead",
+                        inv.row.email, other.id
+                    ),
+                )
+                .into());
+            }
             // An expired invitation gave its seat back; reviving it takes one again.
             self.ensure_seat(&*tx, &org).await?;
         }
@@ -327,7 +423,12 @@ impl App {
                 &format!("invitation:{}", row.id),
                 (
                     Some(invitation_json(&inv.row)),
-                    Some(json!({"state": "revoked"})),
+                    Some(json!({
+                        "invitation_id": row.id,
+                        "email": row.email,
+                        "role": row.role,
+                        "state": "revoked",
+                    })),
                 ),
             ),
         )
@@ -361,6 +462,7 @@ impl App {
         // Under the org lock, the state read now is the one this accept decides on.
         let row = invitations::find_by_token_hash(&*tx, &hash)
             .await?
+            .filter(|r| constant_time_eq(r.token_hash.as_bytes(), hash.as_bytes()))
             .ok_or_else(unknown)?;
         let inv = self.view(row);
         inv.status.ensure_acceptable()?;

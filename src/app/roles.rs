@@ -43,6 +43,10 @@ fn built_in_immutable(key: &str) -> DomainError {
     )
 }
 
+fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 impl App {
     pub async fn list_roles(&self, ctx: &RequestCtx, org_id: &OrgId) -> AppResult<Vec<RoleView>> {
         let c = self.store.conn();
@@ -231,8 +235,9 @@ impl App {
         let before = self.custom_role(row);
         actor.actor().may_define(&before.permissions)?;
         let now = self.now();
-        let holders = members::count_with_role(&*tx, &id, key).await?
-            + invitations::count_pending_with_role(&*tx, &id, key, now).await?;
+        let holding_members = members::count_with_role(&*tx, &id, key).await?;
+        let holding_invitations = invitations::count_pending_with_role(&*tx, &id, key, now).await?;
+        let holders = holding_members + holding_invitations;
         let mut moved = 0;
         match reassign_to {
             Some(target) => {
@@ -261,7 +266,9 @@ impl App {
                 return Err(DomainError::precondition(
                     "ROLE_IN_USE",
                     format!(
-                        "{holders} member(s) or pending invitation(s) hold `{key}`: pass reassign_to to move them to another role"
+                        "{holders} still hold `{key}` ({}, {}): pass reassign_to to move them to another role in the same step",
+                        counted(holding_members, "member", "members"),
+                        counted(holding_invitations, "pending invitation", "pending invitations"),
                     ),
                 )
                 .into());

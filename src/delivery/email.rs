@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The outbox message kind for invitation emails.
+pub const INVITATION_EMAIL: &str = "invitation_email";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InvitationEmail {
     pub invitation_id: String,
@@ -14,8 +17,11 @@ pub struct InvitationEmail {
     pub expires_at: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EmailMessage {
+    /// A stable id for this message (the outbox id): the same on every retry, so receivers
+    /// can drop duplicates.
+    pub id: String,
     pub to: String,
     pub subject: String,
     pub text: String,
@@ -65,6 +71,7 @@ impl InvitationEmail {
             escape_html(&self.expires_at)
         );
         EmailMessage {
+            id: String::new(),
             to: self.to.clone(),
             subject,
             text,

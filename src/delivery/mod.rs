@@ -1,23 +1,30 @@
 //! Delivery of outbox messages (invitation emails) by a background worker, with retries and
 //! exponential backoff. A message stays in the outbox until a sink accepts it, so a failed
 //! delivery or a restart loses nothing.
+//!
+//! Sinks: the log (default), SMTP (`smtp`), or a signed JSON webhook (`webhook`), chosen by
+//! the `[mail]` config section.
 
 pub mod email;
+pub mod smtp;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio::sync::Notify;
 
+use crate::config::{MailConfig, MailSinkKind};
 use crate::domain::clock::Clock;
+use crate::domain::invitation::{InvitationStatus, StoredState};
+use crate::domain::token::hash_secret;
 use crate::store::entities::outbox as outbox_entity;
-use crate::store::{Store, outbox};
+use crate::store::{Store, StoreError, invitations, outbox};
 
-pub use email::{EmailMessage, InvitationEmail};
+pub use email::{EmailMessage, INVITATION_EMAIL, InvitationEmail};
 
 /// Where messages go.
 #[async_trait]
@@ -26,8 +33,9 @@ pub trait Sink: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 }
 
-/// The default sink: writes each email to the log. The accept link carries a secret, so it is
-/// logged at debug level only (`RUST_LOG=teamgate::delivery=debug` shows it in development).
+/// The default sink: writes each email to the log. The accept link carries a secret, so the
+/// body is logged at debug level only: in development, `RUST_LOG=info,teamgate::delivery=debug`
+/// shows it; at the default `info` level it never appears.
 pub struct LogSink;
 
 #[async_trait]
@@ -43,6 +51,24 @@ impl Sink for LogSink {
     }
 }
 
+/// The sink the config asks for, or `None` for `log` (the caller's default sink is used then,
+/// so tests can capture what would have been logged).
+pub fn configured_sink(
+    mail: &MailConfig,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Option<Arc<dyn Sink>>> {
+    let timeout = Duration::from_millis(mail.send_timeout_ms);
+    Ok(match mail.sink {
+        MailSinkKind::Log => None,
+        MailSinkKind::Smtp => Some(Arc::new(smtp::SmtpSink::new(&mail.smtp, timeout)?)),
+        MailSinkKind::Webhook => Some(Arc::new(webhook::WebhookSink::new(
+            &mail.webhook,
+            timeout,
+            clock,
+        )?)),
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     pub poll_interval: Duration,
@@ -50,6 +76,8 @@ pub struct WorkerSettings {
     pub max_backoff: Duration,
     /// How long a claimed message is hidden from other workers while it is being sent.
     pub lease: Duration,
+    /// One attempt is abandoned after this long; must be well below `lease`.
+    pub send_timeout: Duration,
     pub accept_url_base: String,
 }
 
@@ -60,7 +88,22 @@ impl Default for WorkerSettings {
             batch: 50,
             max_backoff: Duration::from_secs(3600),
             lease: Duration::from_secs(300),
+            send_timeout: Duration::from_secs(30),
             accept_url_base: String::new(),
+        }
+    }
+}
+
+impl WorkerSettings {
+    pub fn from_config(mail: &MailConfig, accept_url_base: &str) -> WorkerSettings {
+        let send_timeout = Duration::from_millis(mail.send_timeout_ms);
+        WorkerSettings {
+            poll_interval: Duration::from_millis(mail.poll_interval_ms),
+            max_backoff: Duration::from_secs(mail.max_backoff_secs),
+            lease: (send_timeout * 2).max(Duration::from_secs(300)),
+            send_timeout,
+            accept_url_base: accept_url_base.to_owned(),
+            ..WorkerSettings::default()
         }
     }
 }
@@ -76,6 +119,19 @@ pub struct Worker {
 fn backoff(attempts: i32, max: Duration) -> Duration {
     let exp = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
     Duration::from_secs(1u64 << exp).min(max)
+}
+
+fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// What one pass did with one message.
+enum Outcome {
+    Delivered,
+    /// The invitation is no longer pending under this token (resent, revoked, accepted or
+    /// expired): the email would carry a dead link, so it is dropped.
+    Superseded(&'static str),
+    Failed(String),
 }
 
 impl Worker {
@@ -94,12 +150,17 @@ impl Worker {
         }
     }
 
+    /// Notifying it makes the worker look for due messages at once.
     pub fn waker(&self) -> Arc<Notify> {
         self.wake.clone()
     }
 
+    pub fn sink_name(&self) -> &'static str {
+        self.sink.name()
+    }
+
     /// Runs until the task is aborted.
-    pub async fn run(self) {
+    pub async fn run(self: Arc<Self>) {
         loop {
             match self.deliver_due().await {
                 Ok(n) if n > 0 => continue,
@@ -113,48 +174,82 @@ impl Worker {
         }
     }
 
-    /// Delivers every message that is due; returns how many were attempted.
-    pub async fn deliver_due(&self) -> Result<usize, crate::store::StoreError> {
+    /// Delivers every invitation email that is due; returns how many were attempted. Safe to
+    /// run from several workers (replicas) at once: each message is claimed before sending.
+    pub async fn deliver_due(&self) -> Result<usize, StoreError> {
         let now = self.clock.now();
-        let due = outbox::due(self.store.conn(), now, self.settings.batch).await?;
+        let due = outbox_entity::Entity::find()
+            .filter(outbox_entity::Column::Kind.eq(INVITATION_EMAIL))
+            .filter(outbox_entity::Column::DeliveredAt.is_null())
+            .filter(outbox_entity::Column::NextAttemptAt.lte(now))
+            .order_by_asc(outbox_entity::Column::NextAttemptAt)
+            .limit(self.settings.batch)
+            .all(self.store.conn())
+            .await?;
         let mut attempted = 0;
         for row in due {
             // Claim by moving the next attempt past the lease, only if nobody else has.
-            let lease = chrono::Duration::from_std(self.settings.lease).unwrap_or_default();
             let claimed = outbox_entity::Entity::update_many()
                 .col_expr(
                     outbox_entity::Column::NextAttemptAt,
-                    Expr::value(now + lease),
+                    Expr::value(now + chrono_duration(self.settings.lease)),
                 )
                 .filter(outbox_entity::Column::Id.eq(row.id.as_str()))
                 .filter(outbox_entity::Column::NextAttemptAt.eq(row.next_attempt_at))
                 .filter(outbox_entity::Column::DeliveredAt.is_null())
                 .exec(self.store.conn())
-                .await
-                .map_err(crate::store::StoreError::from)?;
+                .await?;
             if claimed.rows_affected == 0 {
                 continue;
             }
             attempted += 1;
-            let result = match InvitationEmail::from_payload(&row.payload) {
-                Ok(inv) => {
-                    let message = inv.render(&self.settings.accept_url_base);
-                    self.sink.send(&message).await
+            match self.attempt(&row.payload, &row.id).await? {
+                Outcome::Delivered => {
+                    tracing::info!(outbox_id = %row.id, sink = self.sink.name(), attempts = row.attempts + 1, "invitation email delivered");
+                    outbox::mark_delivered(self.store.conn(), &row.id, self.clock.now()).await?;
                 }
-                Err(e) => Err(format!("unreadable payload: {e}")),
-            };
-            match result {
-                Ok(()) => outbox::mark_delivered(self.store.conn(), &row.id, Utc::now()).await?,
-                Err(error) => {
+                Outcome::Superseded(why) => {
+                    tracing::info!(outbox_id = %row.id, why, "invitation email dropped: the invitation is no longer pending under this link");
+                    outbox::mark_delivered(self.store.conn(), &row.id, self.clock.now()).await?;
+                }
+                Outcome::Failed(error) => {
                     let wait = backoff(row.attempts, self.settings.max_backoff);
                     tracing::warn!(outbox_id = %row.id, attempts = row.attempts + 1, sink = self.sink.name(), %error, retry_in_s = wait.as_secs(), "delivery failed; will retry");
-                    let next =
-                        self.clock.now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                    let next = self.clock.now() + chrono_duration(wait);
                     outbox::mark_failed(self.store.conn(), &row.id, &error, next).await?;
                 }
             }
         }
         Ok(attempted)
+    }
+
+    async fn attempt(&self, payload: &str, outbox_id: &str) -> Result<Outcome, StoreError> {
+        let inv = match InvitationEmail::from_payload(payload) {
+            Ok(inv) => inv,
+            Err(e) => return Ok(Outcome::Failed(format!("unreadable payload: {e}"))),
+        };
+        let current = invitations::find_by_token_hash(self.store.conn(), &hash_secret(&inv.token))
+            .await?
+            .map(|r| StoredState::from_stored(&r.state).status(r.expires_at, self.clock.now()));
+        match current {
+            None => return Ok(Outcome::Superseded("resent")),
+            Some(InvitationStatus::Pending) => {}
+            Some(InvitationStatus::Accepted) => return Ok(Outcome::Superseded("accepted")),
+            Some(InvitationStatus::Revoked) => return Ok(Outcome::Superseded("revoked")),
+            Some(InvitationStatus::Expired) => return Ok(Outcome::Superseded("expired")),
+        }
+        let mut message = inv.render(&self.settings.accept_url_base);
+        message.id = outbox_id.to_owned();
+        let sent = tokio::time::timeout(self.settings.send_timeout, self.sink.send(&message)).await;
+        Ok(match sent {
+            Ok(Ok(())) => Outcome::Delivered,
+            Ok(Err(e)) => Outcome::Failed(e),
+            Err(_) => Outcome::Failed(format!(
+                "{} sink did not answer within {} ms",
+                self.sink.name(),
+                self.settings.send_timeout.as_millis()
+            )),
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 //! default) and PostgreSQL (production).
 
 pub mod audit;
+pub mod drift;
 pub mod entities;
 pub mod error;
 pub mod invitations;

@@ -20,6 +20,30 @@ use tonic_types::StatusExt;
 
 pub const PG_ENV: &str = "TEAMGATE_TEST_DATABASE_URL";
 pub const REQUIRE_ENV: &str = "TEAMGATE_REQUIRE_BACKENDS";
+pub const REDIS_ENV: &str = "TEAMGATE_TEST_REDIS_URL";
+
+/// The Redis to test against, or `None` (with a loud notice) when the Redis suite is skipped.
+pub fn redis_url() -> Option<String> {
+    if let Ok(url) = std::env::var(REDIS_ENV)
+        && !url.is_empty()
+    {
+        return Some(url);
+    }
+    if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
+        panic!("{REDIS_ENV} is not set but {REQUIRE_ENV}=1: the Redis suite must run");
+    }
+    eprintln!(
+        "\n!!!!!!!! SKIPPED: Redis suite — set {REDIS_ENV}=redis://127.0.0.1:6379 to run it !!!!!!!!\n"
+    );
+    None
+}
+
+/// Points a config at Redis with a key prefix of its own, so tests never share keys.
+pub fn use_redis(config: &mut Config, url: &str) {
+    config.redis.url = Some(Secret::new(url));
+    config.redis.key_prefix = format!("tg-test-{}", uuid::Uuid::now_v7().simple());
+    config.redis.timeout_ms = 50;
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -5,6 +5,7 @@ pub mod helpers;
 mod audit;
 mod authz;
 mod bad_input;
+mod cache;
 mod invitations;
 mod members;
 mod orgs;

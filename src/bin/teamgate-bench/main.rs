@@ -1,0 +1,3 @@
+//! teamgate-bench: the load benchmark (work in progress).
+
+fn main() {}

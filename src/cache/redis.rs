@@ -1,0 +1,315 @@
+//! The shared level: subjects in Redis, org versions, and invalidation over pub/sub.
+//!
+//! Keys (ids are canonical hyphenated UUIDs, so `:` can never be part of one):
+//! - `{prefix}:s:{org}:{user}` — a subject, JSON, with the org version and epoch it was read at;
+//! - `{prefix}:v:{org}` — the newest committed version of the org that any replica published;
+//! - `{prefix}:epoch` — bumped whenever a replica (re)connects, since it may have missed
+//!   invalidations while away; entries from an older epoch are never served;
+//! - channel `{prefix}:invalidate` — `v {org} {version}` and `e {epoch}` messages.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Client, Script};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::app::authz::{Pair, Subject};
+use crate::domain::permission::{Permission, PermissionSet};
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub prefix: String,
+    pub timeout: Duration,
+    pub ttl: Duration,
+}
+
+/// What the pub/sub listener tells the in-process level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    Org {
+        org: String,
+        version: i64,
+    },
+    /// Everything cached in process may have missed invalidations: drop it.
+    Flush,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    e: i64,
+    v: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    r: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    p: Vec<String>,
+}
+
+const BUMP: &str = r"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+end
+redis.call('PUBLISH', KEYS[2], ARGV[2])
+return 1
+";
+
+/// Budget for control-plane calls (version bumps, epoch), which matter more than speed.
+const CONTROL_TIMEOUT: Duration = Duration::from_millis(250);
+
+async fn within<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, RedisLevelError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(RedisLevelError::Timeout(limit)),
+    }
+}
+
+pub struct RedisLevel {
+    conn: ConnectionManager,
+    client: Client,
+    settings: RedisSettings,
+    epoch: AtomicI64,
+    subscribed: AtomicBool,
+    bump: Script,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisLevelError {
+    #[error("redis timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl RedisLevel {
+    /// Connects lazily: a Redis that is down at start-up degrades checks to the database
+    /// instead of stopping the server.
+    pub fn new(settings: RedisSettings) -> Result<Arc<RedisLevel>, RedisLevelError> {
+        let client = Client::open(settings.url.as_str())?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        Ok(Arc::new(RedisLevel {
+            conn,
+            client,
+            settings,
+            epoch: AtomicI64::new(-1),
+            subscribed: AtomicBool::new(false),
+            bump: Script::new(BUMP),
+        }))
+    }
+
+    /// True while invalidations are being received; until then nothing cached is trusted.
+    pub fn is_live(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire) && self.epoch.load(Ordering::Acquire) >= 0
+    }
+
+    fn key(&self, kind: &str, rest: &str) -> String {
+        format!("{}:{kind}:{rest}", self.settings.prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:invalidate", self.settings.prefix)
+    }
+
+    async fn timed<T>(
+        &self,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, RedisLevelError> {
+        within(self.settings.timeout, f).await
+    }
+
+    /// Looks up subjects; each is returned only if it is from the current epoch and not older
+    /// than its org's published version.
+    pub async fn get_many(&self, pairs: &[Pair]) -> Result<Vec<Option<Subject>>, RedisLevelError> {
+        let mut orgs: Vec<String> = pairs.iter().map(|p| p.0.to_string()).collect();
+        orgs.sort();
+        orgs.dedup();
+        let mut keys = Vec::with_capacity(1 + orgs.len() + pairs.len());
+        keys.push(format!("{}:epoch", self.settings.prefix));
+        keys.extend(orgs.iter().map(|o| self.key("v", o)));
+        keys.extend(
+            pairs
+                .iter()
+                .map(|(o, u)| self.key("s", &format!("{o}:{u}"))),
+        );
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<String>> = self
+            .timed(redis::cmd("MGET").arg(&keys).query_async(&mut conn))
+            .await?;
+        let num = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<i64>().ok());
+        let epoch = num(&values[0]).unwrap_or(0);
+        if epoch != self.epoch.load(Ordering::Acquire) {
+            // Another replica reconnected and bumped the epoch; our in-process level hears
+            // about it on the channel. Meanwhile serve nothing from Redis.
+            return Ok(vec![None; pairs.len()]);
+        }
+        let versions: std::collections::HashMap<&str, i64> = orgs
+            .iter()
+            .zip(&values[1..1 + orgs.len()])
+            .filter_map(|(o, v)| num(v).map(|n| (o.as_str(), n)))
+            .collect();
+        Ok(pairs
+            .iter()
+            .zip(&values[1 + orgs.len()..])
+            .map(|((org, _), raw)| {
+                let wire: Wire = serde_json::from_str(raw.as_deref()?).ok()?;
+                let published = versions.get(org.to_string().as_str()).copied().unwrap_or(0);
+                if wire.e != epoch || wire.v < published {
+                    return None;
+                }
+                Some(match wire.r {
+                    None => Subject::NotMember {
+                        org_version: wire.v,
+                    },
+                    Some(role) => Subject::Member {
+                        org_version: wire.v,
+                        role,
+                        permissions: wire
+                            .p
+                            .iter()
+                            .filter_map(|p| Permission::parse(p).ok())
+                            .collect::<PermissionSet>(),
+                    },
+                })
+            })
+            .collect())
+    }
+
+    pub async fn put_many(&self, entries: &[(Pair, Subject)]) -> Result<(), RedisLevelError> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if epoch < 0 {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for ((org, user), subject) in entries {
+            let wire = match subject {
+                Subject::OrgNotFound => continue,
+                Subject::NotMember { org_version } => Wire {
+                    e: epoch,
+                    v: *org_version,
+                    r: None,
+                    p: vec![],
+                },
+                Subject::Member {
+                    org_version,
+                    role,
+                    permissions,
+                } => Wire {
+                    e: epoch,
+                    v: *org_version,
+                    r: Some(role.clone()),
+                    p: permissions.to_strings(),
+                },
+            };
+            let Ok(json) = serde_json::to_string(&wire) else {
+                continue;
+            };
+            pipe.set_ex(
+                self.key("s", &format!("{org}:{user}")),
+                json,
+                self.settings.ttl.as_secs().max(1),
+            )
+            .ignore();
+        }
+        let mut conn = self.conn.clone();
+        self.timed(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Publishes a committed change: raises the org's version key and tells every replica.
+    pub async fn publish_version(&self, org: &str, version: i64) -> Result<(), RedisLevelError> {
+        let ttl = self.settings.ttl.as_secs().saturating_mul(2) + 60;
+        let mut conn = self.conn.clone();
+        let mut inv = self.bump.key(self.key("v", org));
+        inv.key(self.channel())
+            .arg(version)
+            .arg(format!("v {org} {version}"))
+            .arg(ttl);
+        // A bump must not be lost to a momentary blip: give it more time than a lookup.
+        within(CONTROL_TIMEOUT, inv.invoke_async::<i64>(&mut conn))
+            .await
+            .map(|_| ())
+    }
+
+    /// Subscribes and keeps subscribed, forwarding invalidations. On every (re)subscription it
+    /// bumps the shared epoch and asks for a local flush, since messages may have been missed.
+    pub async fn listen(self: Arc<Self>, tx: mpsc::UnboundedSender<Invalidation>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.subscribe_once(&tx).await {
+                Ok(()) => tracing::warn!(
+                    "redis invalidation channel closed; checks use the database until it is back"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis unavailable; checks use the database until it is back")
+                }
+            }
+            self.subscribed.store(false, Ordering::Release);
+            let _ = tx.send(Invalidation::Flush);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn subscribe_once(
+        &self,
+        tx: &mpsc::UnboundedSender<Invalidation>,
+    ) -> Result<(), RedisLevelError> {
+        let connect = tokio::time::timeout(Duration::from_secs(1), self.client.get_async_pubsub());
+        let mut pubsub = match connect.await {
+            Ok(r) => r?,
+            Err(_) => return Err(RedisLevelError::Timeout(Duration::from_secs(1))),
+        };
+        pubsub.subscribe(self.channel()).await?;
+        // Subscribed first, then bump: any change published after the bump reaches us.
+        let mut conn = self.conn.clone();
+        let epoch_key = format!("{}:epoch", self.settings.prefix);
+        let epoch: i64 = within(CONTROL_TIMEOUT, conn.incr(&epoch_key, 1)).await?;
+        let _: usize = within(
+            CONTROL_TIMEOUT,
+            conn.publish(self.channel(), format!("e {epoch}")),
+        )
+        .await?;
+        self.epoch.store(epoch, Ordering::Release);
+        let _ = tx.send(Invalidation::Flush);
+        self.subscribed.store(true, Ordering::Release);
+        tracing::info!(epoch, "redis invalidation channel subscribed");
+        let mut stream = pubsub.on_message();
+        while let Some(msg) = stream.next().await {
+            let Ok(payload) = msg.get_payload::<String>() else {
+                continue;
+            };
+            let mut parts = payload.split(' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("v"), Some(org), Some(v)) => {
+                    if let Ok(version) = v.parse() {
+                        let _ = tx.send(Invalidation::Org {
+                            org: org.to_owned(),
+                            version,
+                        });
+                    }
+                }
+                (Some("e"), Some(e), None) => {
+                    if let Ok(e) = e.parse::<i64>()
+                        && e > self.epoch.load(Ordering::Acquire)
+                    {
+                        self.epoch.store(e, Ordering::Release);
+                        let _ = tx.send(Invalidation::Flush);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
