@@ -23,11 +23,22 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply database migrations and exit.
     Migrate(CommonArgs),
+    /// Work with service keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Work with policy files.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a new random service key and the hash to put in the configuration.
+    Hash,
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +84,10 @@ pub struct ServeArgs {
     /// Policy file (TOML); the embedded default policy when absent.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// Allow a non-loopback listener with no service keys configured (anyone who can reach
+    /// the port can then call every RPC).
+    #[arg(long)]
+    pub insecure_allow_remote: bool,
 }
 
 impl CommonArgs {
@@ -91,6 +106,7 @@ impl ServeArgs {
             listen: self.listen.clone(),
             redis_url: self.redis_url.clone(),
             policy: self.policy.clone(),
+            insecure_allow_remote: self.insecure_allow_remote,
             ..self.common.overrides()
         }
     }

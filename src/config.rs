@@ -13,7 +13,28 @@ use serde::{Deserialize, Serialize};
 /// A value that must never be printed (URLs with passwords, keys).
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Secret(String);
+pub struct Secret(#[serde(deserialize_with = "text")] String);
+
+/// Reads a string that the environment layer may have parsed as a number or boolean
+/// (`TEAMGATE__REDIS__KEY_PREFIX=12345` is meant as text).
+pub fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        S(String),
+        I(i64),
+        U(u64),
+        F(f64),
+        B(bool),
+    }
+    Ok(match Text::deserialize(d)? {
+        Text::S(s) => s,
+        Text::I(n) => n.to_string(),
+        Text::U(n) => n.to_string(),
+        Text::F(n) => n.to_string(),
+        Text::B(b) => b.to_string(),
+    })
+}
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Self {
@@ -64,6 +85,46 @@ pub struct Config {
     pub mail: MailConfig,
     pub server: ServerConfig,
     pub log: LogConfig,
+    /// OpenTelemetry export and the Prometheus `/metrics` endpoint.
+    pub telemetry: TelemetryConfig,
+    /// Envoy ext_authz (`envoy.service.auth.v3.Authorization/Check`).
+    pub ext_authz: ExtAuthzConfig,
+    pub auth: AuthConfig,
+    /// TLS for the gRPC port; plaintext when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Who may call: service keys with scopes. With no keys the server only listens on loopback
+/// unless `insecure_allow_remote` is set.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub keys: Vec<ServiceKeyConfig>,
+    pub insecure_allow_remote: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceKeyConfig {
+    /// Shown in traces and audit events.
+    pub name: String,
+    /// `sha256:<hex>` as printed by `teamgate keys hash`.
+    pub hash: String,
+    /// `authz`, `team` and/or `admin`.
+    pub scopes: Vec<crate::api::auth::Scope>,
+    /// Calls per second allowed for this key; unlimited when absent.
+    #[serde(default)]
+    pub rate_limit_per_sec: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (mTLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +133,7 @@ pub struct DatabaseConfig {
     /// `sqlite://FILE?mode=rwc` or `postgres://user:pass@host/db`.
     pub url: Secret,
     /// PostgreSQL schema to use (created if missing); empty means the server's default.
+    #[serde(deserialize_with = "text")]
     pub schema: String,
     pub max_connections: u32,
     pub connect_timeout_ms: u64,
@@ -84,6 +146,7 @@ pub struct DatabaseConfig {
 pub struct RedisConfig {
     /// Shared decision cache and invalidation; in-process cache only when absent.
     pub url: Option<Secret>,
+    #[serde(deserialize_with = "text")]
     pub key_prefix: String,
     pub timeout_ms: u64,
 }
@@ -188,6 +251,62 @@ pub struct LogConfig {
     pub filter: String,
 }
 
+/// What ext_authz answers for a request no `[[routes]]` entry maps.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnmappedRoute {
+    /// HTTP 403: a route nobody mapped is not reachable.
+    #[default]
+    Deny,
+    /// Let it through without a check (the upstream decides).
+    Allow,
+}
+
+/// Envoy ext_authz: which request headers name the subject and the organization, and what
+/// happens to requests on routes the policy does not map.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExtAuthzConfig {
+    /// Header carrying the user id (set by the mesh after authenticating the end user).
+    pub user_header: String,
+    /// Header carrying the organization id.
+    pub org_header: String,
+    pub unmapped: UnmappedRoute,
+}
+
+impl Default for ExtAuthzConfig {
+    fn default() -> Self {
+        ExtAuthzConfig {
+            user_header: "x-user-id".into(),
+            org_header: "x-org-id".into(),
+            unmapped: UnmappedRoute::Deny,
+        }
+    }
+}
+
+impl ExtAuthzConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("ext_authz.user_header", &self.user_header),
+            ("ext_authz.org_header", &self.org_header),
+        ] {
+            if http::HeaderName::from_bytes(value.as_bytes()).is_err() {
+                return Err(ConfigError::Range {
+                    key,
+                    message: format!("`{value}` is not an HTTP header name"),
+                });
+            }
+        }
+        if self.user_header.eq_ignore_ascii_case(&self.org_header) {
+            return Err(ConfigError::Range {
+                key: "ext_authz.org_header",
+                message: "must differ from ext_authz.user_header".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -204,6 +323,10 @@ impl Default for Config {
             mail: MailConfig::default(),
             server: ServerConfig::default(),
             log: LogConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            ext_authz: ExtAuthzConfig::default(),
+            auth: AuthConfig::default(),
+            tls: None,
         }
     }
 }
@@ -275,6 +398,60 @@ impl Default for ServerConfig {
     }
 }
 
+/// Traces and metrics: OTLP/gRPC export when an endpoint is set, Prometheus text on
+/// `metrics_listen` when set. Both are off by default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector, e.g. `http://otel-collector:4317`. `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// is used when this is unset.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` on every span and metric.
+    #[serde(deserialize_with = "text")]
+    pub service_name: String,
+    /// Serve Prometheus text format on `http://ADDR/metrics` (its own port).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: "teamgate".into(),
+            metrics_listen: None,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    fn validate(&self, grpc: SocketAddr) -> Result<(), ConfigError> {
+        let range = |key: &'static str, message: &str| {
+            Err(ConfigError::Range {
+                key,
+                message: message.into(),
+            })
+        };
+        if let Some(url) = &self.otlp_endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return range(
+                "telemetry.otlp_endpoint",
+                "must start with http:// or https:// (OTLP over gRPC, usually port 4317)",
+            );
+        }
+        if self.service_name.trim().is_empty() {
+            return range("telemetry.service_name", "must not be empty");
+        }
+        if self
+            .metrics_listen
+            .is_some_and(|a| a.port() != 0 && a.port() == grpc.port())
+        {
+            return range("telemetry.metrics_listen", "must not use the gRPC port");
+        }
+        Ok(())
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -292,6 +469,7 @@ pub struct Overrides {
     pub redis_url: Option<String>,
     pub policy: Option<PathBuf>,
     pub log_format: Option<String>,
+    pub insecure_allow_remote: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -323,10 +501,18 @@ impl Config {
         fig = set(fig, "database.url", &overrides.database_url);
         fig = set(fig, "redis.url", &overrides.redis_url);
         fig = set(fig, "log.format", &overrides.log_format);
+        if overrides.insecure_allow_remote {
+            fig = fig.merge(Serialized::default("auth.insecure_allow_remote", true));
+        }
         if let Some(p) = &overrides.policy {
             fig = fig.merge(Serialized::default("policy", p));
         }
-        let config: Config = fig.extract().map_err(Box::new)?;
+        let mut config: Config = fig.extract().map_err(Box::new)?;
+        if config.telemetry.otlp_endpoint.is_none() {
+            config.telemetry.otlp_endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .ok()
+                .filter(|v| !v.trim().is_empty());
+        }
         config.validate()?;
         Ok(config)
     }
@@ -369,11 +555,34 @@ impl Config {
             return range("invitations.ttl_hours", "must be 1 to 8760 (a year)");
         }
         self.validate_mail()?;
+        self.telemetry.validate(self.listen)?;
+        self.ext_authz.validate()?;
         if self.server.max_message_bytes < 1024 {
             return range("server.max_message_bytes", "must be at least 1024");
         }
         if self.server.max_concurrent_requests == 0 {
             return range("server.max_concurrent_requests", "must be at least 1");
+        }
+        for key in &self.auth.keys {
+            let hex = key.hash.strip_prefix("sha256:").unwrap_or("");
+            if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                return range(
+                    "auth.keys.hash",
+                    "must be `sha256:<64 hex digits>` as printed by `teamgate keys hash`",
+                );
+            }
+            if key.name.trim().is_empty() || key.scopes.is_empty() {
+                return range("auth.keys", "every key needs a name and at least one scope");
+            }
+        }
+        if self.auth.keys.is_empty()
+            && !self.listen.ip().is_loopback()
+            && !self.auth.insecure_allow_remote
+        {
+            return range(
+                "listen",
+                "with no service keys configured teamgate only listens on loopback: add [[auth.keys]] or pass --insecure-allow-remote",
+            );
         }
         if self.redis.timeout_ms == 0 {
             return range("redis.timeout_ms", "must be at least 1");
@@ -522,6 +731,75 @@ mod tests {
         assert_eq!(c.mail.sink, MailSinkKind::Smtp);
         assert_eq!(c.mail.smtp.tls, SmtpTls::None);
         assert_eq!(c.mail.smtp.port, 2525);
+    }
+
+    #[test]
+    fn numeric_env_values_stay_text() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TEAMGATE__REDIS__KEY_PREFIX", "12345");
+            jail.set_env("TEAMGATE__DATABASE__MAX_CONNECTIONS", "7");
+            let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.redis.key_prefix, "12345");
+            assert_eq!(c.database.max_connections, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn ext_authz_settings() {
+        let c = Config::default();
+        assert_eq!(c.ext_authz.user_header, "x-user-id");
+        assert_eq!(c.ext_authz.org_header, "x-org-id");
+        assert_eq!(c.ext_authz.unmapped, UnmappedRoute::Deny);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[ext_authz]\nuser_header = \"x-subject\"\nunmapped = \"allow\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(c.ext_authz.user_header, "x-subject");
+        assert_eq!(c.ext_authz.org_header, "x-org-id");
+        assert_eq!(c.ext_authz.unmapped, UnmappedRoute::Allow);
+        std::fs::write(&path, "[ext_authz]\nuser_header = \"bad header\"\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("ext_authz.user_header"), "{err}");
+        std::fs::write(&path, "[ext_authz]\norg_header = \"X-User-Id\"\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("ext_authz.org_header"), "{err}");
+        std::fs::write(&path, "[ext_authz]\nunmaped = \"allow\"\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("unmaped"), "{err}");
+    }
+
+    #[test]
+    fn telemetry_settings() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317");
+            let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(
+                c.telemetry.otlp_endpoint.as_deref(),
+                Some("http://127.0.0.1:4317")
+            );
+            assert_eq!(c.telemetry.service_name, "teamgate");
+            jail.set_env(
+                "TEAMGATE__TELEMETRY__OTLP_ENDPOINT",
+                "http://collector:4317",
+            );
+            jail.set_env("TEAMGATE__TELEMETRY__METRICS_LISTEN", "127.0.0.1:9464");
+            let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(
+                c.telemetry.otlp_endpoint.as_deref(),
+                Some("http://collector:4317"),
+                "the config wins over the OTel variable"
+            );
+            assert_eq!(c.telemetry.metrics_listen.map(|a| a.port()), Some(9464));
+            jail.set_env("TEAMGATE__TELEMETRY__OTLP_ENDPOINT", "collector:4317");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("telemetry.otlp_endpoint"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]

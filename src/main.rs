@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use teamgate::cli::{Cli, Command, PolicyCommand};
+use teamgate::cli::{Cli, Command, KeysCommand, PolicyCommand};
 use teamgate::config::{Config, Overrides, redact_url};
 use teamgate::domain::clock::{Clock, SystemClock};
 use teamgate::domain::policy::Policy;
@@ -40,6 +40,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = startup::connect_store(&config).await?;
             store.migrate().await?;
             println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys {
+            command: KeysCommand::Hash,
+        } => {
+            let (key, hash) = teamgate::api::auth::new_key();
+            println!("key:  {key}");
+            println!("hash: {hash}");
+            println!();
+            println!(
+                "Give the key to the calling service (it sends `authorization: Bearer <key>`),"
+            );
+            println!("and add to teamgate's configuration:");
+            println!();
+            println!("[[auth.keys]]");
+            println!("name = \"<calling service>\"");
+            println!("hash = \"{hash}\"");
+            println!("scopes = [\"authz\"]   # authz, team and/or admin");
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy {

@@ -7,15 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::api::auth::{GuardLayer, Keys, ServiceKey};
 use crate::api::authz::AuthzApi;
+use crate::api::ext_authz::ExtAuthzApi;
 use crate::api::middleware::RequestIdLayer;
 use crate::api::team::TeamApi;
 use crate::app::authz::Decisions;
@@ -30,6 +33,7 @@ use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::teamgate::v1::authz_service_server::AuthzServiceServer;
 use crate::proto::teamgate::v1::team_service_server::TeamServiceServer;
 use crate::store::{Store, StoreOptions};
+use crate::telemetry::metrics::{OUTBOX_POLL, ServerMetrics};
 
 /// Reads and validates a policy file, or the embedded default when `path` is `None`.
 pub fn load_policy(path: Option<&Path>) -> anyhow::Result<Policy> {
@@ -65,6 +69,58 @@ pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+fn service_keys(config: &Config) -> Keys {
+    Keys::new(
+        config
+            .auth
+            .keys
+            .iter()
+            .map(|k| {
+                (
+                    k.hash.clone(),
+                    ServiceKey {
+                        name: k.name.clone(),
+                        scopes: k.scopes.clone(),
+                        rate_per_sec: k.rate_limit_per_sec,
+                    },
+                )
+            })
+            .collect(),
+    )
+}
+
+fn tls_config(tls: &crate::config::TlsConfig) -> anyhow::Result<ServerTlsConfig> {
+    let read =
+        |p: &Path| std::fs::read(p).with_context(|| format!("reading TLS file {}", p.display()));
+    let identity = Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
+    let mut out = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca_file {
+        out = out.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(out)
+}
+
+/// Reports NOT_SERVING while the database cannot be reached, SERVING again once it can.
+async fn watch_database(store: Store, health: HealthReporter, every: Duration) {
+    let mut serving = true;
+    loop {
+        tokio::time::sleep(every).await;
+        let ok = tokio::time::timeout(every, store.ping())
+            .await
+            .unwrap_or(false);
+        if ok != serving {
+            serving = ok;
+            if ok {
+                tracing::info!("database reachable again: health SERVING");
+                set_health(&health, ServingStatus::Serving).await;
+            } else {
+                tracing::warn!("database unreachable: health NOT_SERVING");
+                set_health(&health, ServingStatus::NotServing).await;
+            }
+        }
+    }
+}
+
 /// What a caller can swap when starting the server (tests inject a clock and a mail sink).
 pub struct Dependencies {
     pub clock: Arc<dyn Clock>,
@@ -92,6 +148,9 @@ pub struct Running {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
     drain_timeout: Duration,
+    /// Where Prometheus metrics are served (`telemetry.metrics_listen`), once bound.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics: ServerMetrics,
 }
 
 impl Running {
@@ -113,13 +172,19 @@ impl Running {
                 self.server.abort();
             }
         }
+        self.metrics.shutdown().await;
         self.app.store.clone().close().await;
         Ok(())
     }
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
-    for name in ["", "teamgate.v1.TeamService", "teamgate.v1.AuthzService"] {
+    for name in [
+        "",
+        "teamgate.v1.TeamService",
+        "teamgate.v1.AuthzService",
+        "envoy.service.auth.v3.Authorization",
+    ] {
         health.set_service_status(name, status).await;
     }
 }
@@ -159,7 +224,10 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
             ttl,
         }),
     });
-    let decisions = Decisions::new(store.clone(), policy.clone(), cache);
+    let server_metrics = ServerMetrics::new(&config.telemetry)?;
+    cache.export_metrics(server_metrics.meter());
+    let decisions =
+        Decisions::new(store.clone(), policy.clone(), cache).with_metrics(server_metrics.metrics());
     let app = Arc::new(App {
         store: store.clone(),
         policy,
@@ -181,10 +249,16 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
         deps.clock.clone(),
         WorkerSettings::from_config(&config.mail, &config.invitations.accept_url_base),
     ));
-    let background = vec![tokio::spawn(outbox.clone().run())];
-
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
+    let mut background = vec![
+        tokio::spawn(outbox.clone().run()),
+        tokio::spawn(watch_database(
+            store.clone(),
+            health.clone(),
+            Duration::from_secs(2),
+        )),
+    ];
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -201,20 +275,50 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
     let authz = AuthzServiceServer::new(AuthzApi::new(app.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let ext_authz =
+        AuthorizationServer::new(ExtAuthzApi::new(app.clone(), config.ext_authz.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
 
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
-    let router = Server::builder()
+    let metrics_addr = match config.telemetry.metrics_listen {
+        Some(at) => {
+            let (bound, task) = server_metrics.serve_prometheus(at).await?;
+            background.push(task);
+            tracing::info!(metrics_addr = %bound, "serving Prometheus metrics on /metrics");
+            Some(bound)
+        }
+        None => None,
+    };
+    if server_metrics.enabled() {
+        background.push(server_metrics.watch_outbox(store.clone(), OUTBOX_POLL));
+    }
+    let keys = Arc::new(service_keys(config));
+    if keys.is_empty() {
+        tracing::warn!(
+            listen = %config.listen,
+            "no service keys configured: every caller that can reach this port may call every RPC"
+        );
+    }
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls_config(tls)?)?;
+    }
+    let router = builder
         .timeout(Duration::from_millis(config.server.request_timeout_ms))
+        .layer(server_metrics.layer())
         .layer(RequestIdLayer)
+        .layer(GuardLayer::new(keys, config.server.max_concurrent_requests))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(team)
-        .add_service(authz);
+        .add_service(authz)
+        .add_service(ext_authz);
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
         TcpListenerStream::new(listener),
         async move {
@@ -231,5 +335,7 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
         server,
         background,
         drain_timeout: Duration::from_millis(config.server.drain_timeout_ms),
+        metrics_addr,
+        metrics: server_metrics,
     })
 }

@@ -115,6 +115,7 @@ impl AuthzService for AuthzApi {
                     .get(pair)
                     .map(|s| s.decide(permission))
                     .unwrap_or(Reason::OrgNotFound);
+                self.app.decisions.metrics().decision(r);
                 pb::CheckResult {
                     allowed: r == Reason::Allowed,
                     reason: reason(r).into(),

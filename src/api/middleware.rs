@@ -11,6 +11,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use super::context::{REQUEST_ID_HEADER, RequestId};
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Debug, Clone, Default)]
 pub struct RequestIdLayer;
@@ -59,7 +60,8 @@ where
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         req.extensions_mut().insert(RequestId(id.clone()));
         let method = req.uri().path().to_owned();
-        let span = tracing::info_span!("rpc", %method, request_id = %id, grpc_status = tracing::field::Empty, latency_ms = tracing::field::Empty);
+        let metrics = req.extensions().get::<Metrics>().cloned();
+        let span = tracing::info_span!("rpc", %method, request_id = %id, grpc_status = tracing::field::Empty, latency_ms = tracing::field::Empty, service_key = tracing::field::Empty);
         // Take the service that was driven to readiness, leave a fresh clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -68,7 +70,19 @@ where
                 let started = Instant::now();
                 let result = inner.call(req).await;
                 let span = tracing::Span::current();
-                span.record("latency_ms", started.elapsed().as_secs_f64() * 1000.0);
+                let elapsed = started.elapsed();
+                span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+                if let Some(metrics) = &metrics {
+                    // No grpc-status in the headers: the status follows in the trailers (OK
+                    // for a unary call that returned a message).
+                    let code = result.as_ref().map_or(2, |r| {
+                        r.headers()
+                            .get("grpc-status")
+                            .and_then(|v| v.to_str().ok()?.parse().ok())
+                            .unwrap_or(0)
+                    });
+                    metrics.record_rpc(&method, code, elapsed);
+                }
                 match result {
                     Ok(mut resp) => {
                         if let Some(code) = resp.headers().get("grpc-status") {

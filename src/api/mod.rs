@@ -1,9 +1,11 @@
 //! gRPC transport: tonic services, conversions, error mapping, middleware.
 
+pub mod auth;
 pub mod authz;
 pub mod context;
 pub mod convert;
 pub mod error;
+pub mod ext_authz;
 pub mod middleware;
 pub mod paging;
 pub mod team;

@@ -19,6 +19,7 @@ use crate::domain::permission::{Permission, PermissionSet};
 use crate::domain::policy::Policy;
 use crate::store::entities::{memberships, organizations, roles};
 use crate::store::{Store, decode_permissions, orgs};
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -77,6 +78,7 @@ pub struct Decisions {
     store: Store,
     policy: Arc<Policy>,
     cache: DecisionCache,
+    metrics: Metrics,
 }
 
 pub type Pair = (OrgId, UserId);
@@ -87,7 +89,18 @@ impl Decisions {
             store,
             policy,
             cache,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Counts decisions into this server's metrics (nothing is counted by default).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Decisions {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn cache(&self) -> &DecisionCache {
@@ -123,6 +136,7 @@ impl Decisions {
     }
 
     /// Subjects for many (org, user) pairs, from the cache where `freshness` allows.
+    #[tracing::instrument(name = "decisions.subjects", skip_all, fields(pairs = pairs.len(), org_id = pairs.first().filter(|_| pairs.len() == 1).map(|p| tracing::field::display(p.0)), freshness = ?freshness))]
     pub async fn subjects(
         &self,
         pairs: &[Pair],
@@ -163,6 +177,7 @@ impl Decisions {
     /// Reads subjects from the database: three queries whatever the number of pairs. The
     /// org's version is read before its memberships, so a subject is never labelled newer
     /// than the data it was built from.
+    #[tracing::instrument(name = "decisions.load", skip_all, fields(pairs = pairs.len(), org_id = pairs.first().filter(|_| pairs.len() == 1).map(|p| tracing::field::display(p.0))))]
     async fn load(&self, pairs: &[Pair]) -> AppResult<HashMap<Pair, Subject>> {
         let c = self.store.conn();
         let org_ids: Vec<String> = unique_strings(pairs.iter().map(|p| p.0.to_string()));
@@ -251,6 +266,7 @@ impl Decisions {
             .collect())
     }
 
+    #[tracing::instrument(name = "decisions.check", skip_all, fields(org_id = %org, permission = %permission, decision))]
     pub async fn check(
         &self,
         org: OrgId,
@@ -266,7 +282,10 @@ impl Decisions {
         let token = subject
             .org_version()
             .map(|version| ConsistencyToken { org, version });
-        Ok((subject.decide(permission), token))
+        let reason = subject.decide(permission);
+        self.metrics.decision(reason);
+        tracing::Span::current().record("decision", crate::telemetry::metrics::reason_name(reason));
+        Ok((reason, token))
     }
 
     /// Orgs (live, ordered by id) in which `user` holds `permission`.

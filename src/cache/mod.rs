@@ -153,6 +153,7 @@ impl DecisionCache {
         self.redis.as_ref().is_some_and(|r| r.is_live())
     }
 
+    #[tracing::instrument(name = "cache.get_many", skip_all, fields(pairs = pairs.len(), org_id = pairs.first().filter(|_| pairs.len() == 1).map(|p| tracing::field::display(p.0))))]
     pub async fn get_many(&self, pairs: &[Pair]) -> Vec<Option<Subject>> {
         if !self.usable() {
             self.stats
@@ -256,6 +257,49 @@ impl DecisionCache {
 
     pub fn entry_count(&self) -> u64 {
         self.local.entries.entry_count()
+    }
+
+    /// Exports the counters above as observable instruments on `meter` (read at each
+    /// collection): `teamgate.cache.lookups` by the `level` that answered (`local`, `redis`,
+    /// or `db` when both missed), `teamgate.cache.bypassed`, `teamgate.cache.redis_errors`
+    /// and the `teamgate.cache.entries` gauge.
+    pub fn export_metrics(&self, meter: &opentelemetry::metrics::Meter) {
+        use opentelemetry::KeyValue;
+        let stats = self.stats.clone();
+        meter
+            .u64_observable_counter("teamgate.cache.lookups")
+            .with_description("Decision-cache lookups by the level that answered them")
+            .with_callback(move |o| {
+                let level = |l: &'static str| [KeyValue::new("level", l)];
+                o.observe(stats.local_hits.load(Ordering::Relaxed), &level("local"));
+                o.observe(stats.redis_hits.load(Ordering::Relaxed), &level("redis"));
+                let db =
+                    stats.misses.load(Ordering::Relaxed) + stats.degraded.load(Ordering::Relaxed);
+                o.observe(db, &level("db"));
+            })
+            .build();
+        let stats = self.stats.clone();
+        meter
+            .u64_observable_counter("teamgate.cache.bypassed")
+            .with_description("Lookups that skipped the caches because Redis was unavailable")
+            .with_callback(move |o| o.observe(stats.degraded.load(Ordering::Relaxed), &[]))
+            .build();
+        let stats = self.stats.clone();
+        meter
+            .u64_observable_counter("teamgate.cache.redis_errors")
+            .with_description("Failed Redis reads, writes and publishes")
+            .with_callback(move |o| o.observe(stats.redis_errors.load(Ordering::Relaxed), &[]))
+            .build();
+        let local = Arc::downgrade(&self.local);
+        meter
+            .u64_observable_gauge("teamgate.cache.entries")
+            .with_description("Entries in this replica's in-process decision cache")
+            .with_callback(move |o| {
+                if let Some(local) = local.upgrade() {
+                    o.observe(local.entries.entry_count(), &[]);
+                }
+            })
+            .build();
     }
 
     pub fn stats(&self) -> StatsSnapshot {

@@ -22,7 +22,7 @@ use crate::domain::clock::Clock;
 use crate::domain::invitation::{InvitationStatus, StoredState};
 use crate::domain::token::hash_secret;
 use crate::store::entities::outbox as outbox_entity;
-use crate::store::{Store, StoreError, invitations, outbox};
+use crate::store::{Store, StoreError, invitations, orgs, outbox};
 
 pub use email::{EmailMessage, INVITATION_EMAIL, InvitationEmail};
 
@@ -228,15 +228,20 @@ impl Worker {
             Ok(inv) => inv,
             Err(e) => return Ok(Outcome::Failed(format!("unreadable payload: {e}"))),
         };
-        let current = invitations::find_by_token_hash(self.store.conn(), &hash_secret(&inv.token))
-            .await?
-            .map(|r| StoredState::from_stored(&r.state).status(r.expires_at, self.clock.now()));
-        match current {
-            None => return Ok(Outcome::Superseded("resent")),
-            Some(InvitationStatus::Pending) => {}
-            Some(InvitationStatus::Accepted) => return Ok(Outcome::Superseded("accepted")),
-            Some(InvitationStatus::Revoked) => return Ok(Outcome::Superseded("revoked")),
-            Some(InvitationStatus::Expired) => return Ok(Outcome::Superseded("expired")),
+        let conn = self.store.conn();
+        let Some(current) = invitations::find_by_token_hash(conn, &hash_secret(&inv.token)).await?
+        else {
+            return Ok(Outcome::Superseded("resent"));
+        };
+        match StoredState::from_stored(&current.state).status(current.expires_at, self.clock.now())
+        {
+            InvitationStatus::Pending => {}
+            InvitationStatus::Accepted => return Ok(Outcome::Superseded("accepted")),
+            InvitationStatus::Revoked => return Ok(Outcome::Superseded("revoked")),
+            InvitationStatus::Expired => return Ok(Outcome::Superseded("expired")),
+        }
+        if orgs::find_live(conn, &current.org_id).await?.is_none() {
+            return Ok(Outcome::Superseded("organization deleted"));
         }
         let mut message = inv.render(&self.settings.accept_url_base);
         message.id = outbox_id.to_owned();
@@ -256,6 +261,64 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'a self) -> Capture {
+            self.clone()
+        }
+    }
+
+    /// What the log sink writes for one invitation email with the log at `level`.
+    fn log_sink_output(level: tracing::Level) -> String {
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_ansi(false)
+            .with_writer(capture.clone())
+            .finish();
+        let message = InvitationEmail {
+            invitation_id: "i".into(),
+            to: "ann@example.com".into(),
+            first_name: "Ann".into(),
+            org_name: "Acme".into(),
+            inviter_name: "Bob".into(),
+            role: "member".into(),
+            token: "SECRET-TOKEN-0123456789".into(),
+            expires_at: "2026-12-01T00:00:00Z".into(),
+        }
+        .render("https://app.example.com/accept?token=");
+        tracing::subscriber::with_default(subscriber, || {
+            futures::executor::block_on(LogSink.send(&message))
+        })
+        .unwrap();
+        String::from_utf8(capture.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn log_sink_never_logs_the_token_at_info() {
+        let info = log_sink_output(tracing::Level::INFO);
+        assert!(info.contains("ann@example.com"), "{info}");
+        assert!(!info.contains("SECRET-TOKEN"), "{info}");
+        let debug = log_sink_output(tracing::Level::DEBUG);
+        assert!(
+            debug.contains("SECRET-TOKEN-0123456789"),
+            "visible at debug level for development: {debug}"
+        );
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

@@ -11,6 +11,7 @@ pub mod names;
 pub mod permission;
 pub mod policy;
 pub mod roles;
+pub mod routes;
 pub mod token;
 
 pub use error::DomainError;

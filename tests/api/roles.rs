@@ -263,7 +263,6 @@ async fn answers(
 
 /// Asserts that Check, BatchCheck and ListPermissions agree that `user` holds `role` with
 /// exactly `granted` among `probe`.
-#[allow(clippy::too_many_arguments)]
 async fn assert_holds(
     s: &TestServer,
     org: &str,
