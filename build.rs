@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/teamgate/v1/common.proto",
         "proto/teamgate/v1/team.proto",
         "proto/teamgate/v1/authz.proto",
+        "proto/teamgate/v1/identity.proto",
         "proto/google/rpc/status.proto",
         "proto/google/rpc/error_details.proto",
     ];

@@ -82,6 +82,8 @@ pub struct Config {
     pub redis: RedisConfig,
     pub cache: CacheConfig,
     pub invitations: InvitationConfig,
+    /// Accounts and sign-in: password hashing, session tokens, TOTP, rate limits.
+    pub identity: IdentityConfig,
     pub mail: MailConfig,
     pub server: ServerConfig,
     pub log: LogConfig,
@@ -92,6 +94,97 @@ pub struct Config {
     pub auth: AuthConfig,
     /// TLS for the gRPC port; plaintext when absent.
     pub tls: Option<TlsConfig>,
+    /// The change feed: WatchChanges streams and webhooks.
+    pub feed: FeedConfig,
+}
+
+/// The change feed (`WatchChanges` and webhooks).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedConfig {
+    /// How long changes are kept; a cursor older than this is `OUT_OF_RANGE`.
+    pub retention_secs: u64,
+    /// Events a WatchChanges stream buffers for a slow consumer before the server stops
+    /// reading ahead for it.
+    pub buffer: usize,
+    /// How often streams and webhook deliveries look for changes committed on other replicas
+    /// (changes committed on this replica wake them at once).
+    pub poll_interval_ms: u64,
+    /// Timeout of one webhook POST.
+    pub webhook_timeout_ms: u64,
+    /// The longest wait between retries of a failing webhook endpoint.
+    pub webhook_max_backoff_ms: u64,
+    /// Endpoints that receive every change as a signed JSON POST (`[[feed.webhooks]]`).
+    pub webhooks: Vec<FeedWebhookConfig>,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            retention_secs: 7 * 24 * 3600,
+            buffer: 256,
+            poll_interval_ms: 200,
+            webhook_timeout_ms: 10_000,
+            webhook_max_backoff_ms: 300_000,
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedWebhookConfig {
+    /// Names the endpoint's delivery position; renaming it starts delivery from now.
+    pub name: String,
+    /// `https://…` (or `http://…`) endpoint.
+    pub url: String,
+    /// HMAC-SHA256 key for `x-teamgate-signature`; usually set through the environment.
+    pub secret: Secret,
+}
+
+impl FeedConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let range = |key: &'static str, message: &str| {
+            Err(ConfigError::Range {
+                key,
+                message: message.into(),
+            })
+        };
+        if self.retention_secs == 0 {
+            return range("feed.retention_secs", "must be at least 1");
+        }
+        if !(1..=100_000).contains(&self.buffer) {
+            return range("feed.buffer", "must be 1 to 100000");
+        }
+        if !(10..=60_000).contains(&self.poll_interval_ms) {
+            return range("feed.poll_interval_ms", "must be 10 to 60000");
+        }
+        if !(100..=240_000).contains(&self.webhook_timeout_ms) {
+            return range("feed.webhook_timeout_ms", "must be 100 to 240000");
+        }
+        if self.webhook_max_backoff_ms < 100 {
+            return range("feed.webhook_max_backoff_ms", "must be at least 100");
+        }
+        let mut names = std::collections::HashSet::new();
+        for hook in &self.webhooks {
+            let name = hook.name.trim();
+            if name.is_empty() || name.len() > 128 {
+                return range("feed.webhooks.name", "must be 1 to 128 characters");
+            }
+            if !names.insert(name) {
+                return range("feed.webhooks.name", "must be unique");
+            }
+            if !(hook.url.starts_with("https://") || hook.url.starts_with("http://"))
+                || hook.url.parse::<http::Uri>().is_err()
+            {
+                return range("feed.webhooks.url", "must be an https:// or http:// URL");
+            }
+            if hook.secret.expose().len() < 16 {
+                return range("feed.webhooks.secret", "must be at least 16 characters");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Who may call: service keys with scopes. With no keys the server only listens on loopback
@@ -164,6 +257,113 @@ pub struct InvitationConfig {
     pub ttl_hours: u64,
     /// The accept link in invitation emails is this URL followed by the token.
     pub accept_url_base: String,
+}
+
+/// Accounts and sign-in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Argon2id memory cost in KiB.
+    pub argon2_memory_kib: u32,
+    /// Argon2id passes.
+    pub argon2_iterations: u32,
+    /// Argon2id lanes.
+    pub argon2_parallelism: u32,
+    /// Shorter passwords are refused (counted in characters).
+    pub min_password_length: usize,
+    /// How long a session token is valid.
+    pub session_ttl_secs: u64,
+    /// A new signing key is made when the newest is this old; the old one stays in the JWKS
+    /// until the tokens it signed have expired.
+    pub key_rotation_secs: u64,
+    /// 32 bytes, base64: seals TOTP secrets and signing keys in the database. When empty a
+    /// random key is used, so enrolments and signing keys do not survive a restart.
+    pub secret_key: Secret,
+    /// Failed sign-ins per account within `failure_window_secs` before further attempts
+    /// are refused with RESOURCE_EXHAUSTED.
+    pub max_failed_sign_ins: u32,
+    pub failure_window_secs: u64,
+    /// How long a password reset link is valid.
+    pub reset_ttl_secs: u64,
+    /// The link in password reset emails is this URL followed by the token.
+    pub reset_url_base: String,
+    /// The issuer shown by authenticator apps.
+    pub totp_issuer: String,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            min_password_length: 12,
+            session_ttl_secs: 15 * 60,
+            key_rotation_secs: 7 * 24 * 3600,
+            secret_key: Secret::default(),
+            max_failed_sign_ins: 10,
+            failure_window_secs: 15 * 60,
+            reset_ttl_secs: 3600,
+            reset_url_base: "http://localhost:3000/password/reset?token=".into(),
+            totp_issuer: "teamgate".into(),
+        }
+    }
+}
+
+impl IdentityConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let range = |key: &'static str, message: &str| {
+            Err(ConfigError::Range {
+                key,
+                message: message.into(),
+            })
+        };
+        if !(8..=1024 * 1024).contains(&self.argon2_memory_kib) {
+            return range("identity.argon2_memory_kib", "must be 8 to 1048576 (1 GiB)");
+        }
+        if !(1..=100).contains(&self.argon2_iterations) {
+            return range("identity.argon2_iterations", "must be 1 to 100");
+        }
+        if !(1..=16).contains(&self.argon2_parallelism) {
+            return range("identity.argon2_parallelism", "must be 1 to 16");
+        }
+        if self.argon2_memory_kib < 8 * self.argon2_parallelism {
+            return range(
+                "identity.argon2_memory_kib",
+                "must be at least 8 × identity.argon2_parallelism",
+            );
+        }
+        if !(8..=256).contains(&self.min_password_length) {
+            return range("identity.min_password_length", "must be 8 to 256");
+        }
+        if !(60..=7 * 24 * 3600).contains(&self.session_ttl_secs) {
+            return range("identity.session_ttl_secs", "must be 60 to 604800 (a week)");
+        }
+        if self.key_rotation_secs < 3600 {
+            return range(
+                "identity.key_rotation_secs",
+                "must be at least 3600 (an hour)",
+            );
+        }
+        if !self.secret_key.expose().is_empty()
+            && crate::domain::sealed::Sealer::from_base64(self.secret_key.expose()).is_none()
+        {
+            return range(
+                "identity.secret_key",
+                "must be 32 bytes in base64 (e.g. `openssl rand -base64 32`)",
+            );
+        }
+        if self.max_failed_sign_ins == 0 {
+            return range("identity.max_failed_sign_ins", "must be at least 1");
+        }
+        if self.failure_window_secs == 0 {
+            return range("identity.failure_window_secs", "must be at least 1");
+        }
+        if !(60..=7 * 24 * 3600).contains(&self.reset_ttl_secs) {
+            return range("identity.reset_ttl_secs", "must be 60 to 604800 (a week)");
+        }
+        Ok(())
+    }
 }
 
 /// Where invitation emails go.
@@ -320,6 +520,7 @@ impl Default for Config {
             },
             cache: CacheConfig::default(),
             invitations: InvitationConfig::default(),
+            identity: IdentityConfig::default(),
             mail: MailConfig::default(),
             server: ServerConfig::default(),
             log: LogConfig::default(),
@@ -327,6 +528,7 @@ impl Default for Config {
             ext_authz: ExtAuthzConfig::default(),
             auth: AuthConfig::default(),
             tls: None,
+            feed: FeedConfig::default(),
         }
     }
 }
@@ -555,8 +757,10 @@ impl Config {
             return range("invitations.ttl_hours", "must be 1 to 8760 (a year)");
         }
         self.validate_mail()?;
+        self.identity.validate()?;
         self.telemetry.validate(self.listen)?;
         self.ext_authz.validate()?;
+        self.feed.validate()?;
         if self.server.max_message_bytes < 1024 {
             return range("server.max_message_bytes", "must be at least 1024");
         }

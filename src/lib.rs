@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod domain;
+pub mod feed;
 pub mod proto;
 pub mod startup;
 pub mod store;

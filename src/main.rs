@@ -26,12 +26,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::load(args.common.config.as_deref(), &args.overrides())?;
-            telemetry::init(&config.log.format, &config.log.filter);
+            // Held until the end: flushes buffered spans on shutdown (and on an error's drop).
+            let traces = telemetry::init_with(&config.log, &config.telemetry)?;
             let running = startup::start(&config, Dependencies::default()).await?;
             shutdown_signal().await;
             tracing::info!("shutting down: draining in-flight calls");
             running.shutdown().await?;
             tracing::info!("stopped");
+            traces.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate(args) => {

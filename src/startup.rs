@@ -19,6 +19,7 @@ use tonic_health::server::HealthReporter;
 use crate::api::auth::{GuardLayer, Keys, ServiceKey};
 use crate::api::authz::AuthzApi;
 use crate::api::ext_authz::ExtAuthzApi;
+use crate::api::identity::IdentityApi;
 use crate::api::middleware::RequestIdLayer;
 use crate::api::team::TeamApi;
 use crate::app::authz::Decisions;
@@ -29,8 +30,10 @@ use crate::config::{Config, redact_url};
 use crate::delivery::{LogSink, Sink, Worker, WorkerSettings};
 use crate::domain::clock::{Clock, SystemClock};
 use crate::domain::policy::Policy;
+use crate::feed::Feed;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::teamgate::v1::authz_service_server::AuthzServiceServer;
+use crate::proto::teamgate::v1::identity_service_server::IdentityServiceServer;
 use crate::proto::teamgate::v1::team_service_server::TeamServiceServer;
 use crate::store::{Store, StoreOptions};
 use crate::telemetry::metrics::{OUTBOX_POLL, ServerMetrics};
@@ -143,6 +146,8 @@ pub struct Running {
     pub app: Arc<App>,
     /// The outbox worker; `deliver_due` runs one delivery pass now (tests use it).
     pub outbox: Arc<Worker>,
+    /// The change feed (WatchChanges streams, webhooks, pruning).
+    pub feed: Arc<Feed>,
     health: HealthReporter,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -158,6 +163,8 @@ impl Running {
     /// background work.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         set_health(&self.health, ServingStatus::NotServing).await;
+        // Open WatchChanges streams end (UNAVAILABLE) so draining does not wait for them.
+        self.feed.close();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -183,6 +190,7 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
         "",
         "teamgate.v1.TeamService",
         "teamgate.v1.AuthzService",
+        "teamgate.v1.IdentityService",
         "envoy.service.auth.v3.Authorization",
     ] {
         health.set_service_status(name, status).await;
@@ -236,6 +244,7 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
             invitation_ttl: chrono::Duration::hours(
                 i64::try_from(config.invitations.ttl_hours).unwrap_or(168),
             ),
+            identity: crate::app::identity::IdentitySettings::from_config(&config.identity),
         },
         decisions,
     });
@@ -251,14 +260,22 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
     ));
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
+    let feed = Feed::new(
+        store.clone(),
+        deps.clock.clone(),
+        &config.feed,
+        &config.auth,
+    );
     let mut background = vec![
         tokio::spawn(outbox.clone().run()),
+        tokio::spawn(feed.clone().run_pruner()),
         tokio::spawn(watch_database(
             store.clone(),
             health.clone(),
             Duration::from_secs(2),
         )),
     ];
+    background.extend(feed.spawn_webhooks().await?);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -273,6 +290,9 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let authz = AuthzServiceServer::new(AuthzApi::new(app.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let identity = IdentityServiceServer::new(IdentityApi::new(app.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let ext_authz =
@@ -313,11 +333,13 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
         .layer(server_metrics.layer())
         .layer(RequestIdLayer)
         .layer(GuardLayer::new(keys, config.server.max_concurrent_requests))
+        .layer(feed.layer())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(team)
         .add_service(authz)
+        .add_service(identity)
         .add_service(ext_authz);
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
         TcpListenerStream::new(listener),
@@ -330,6 +352,7 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
         addr,
         app,
         outbox,
+        feed,
         health,
         shutdown: Some(tx),
         server,

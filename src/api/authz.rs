@@ -42,6 +42,8 @@ fn reason(r: Reason) -> pb::Reason {
         Reason::NotMember => pb::Reason::NotMember,
         Reason::MissingPermission => pb::Reason::MissingPermission,
         Reason::OrgNotFound => pb::Reason::OrgNotFound,
+        Reason::UserDisabled => pb::Reason::UserDisabled,
+        Reason::MfaRequired => pb::Reason::MfaRequired,
     }
 }
 
@@ -152,6 +154,16 @@ impl AuthzService for AuthzApi {
             },
             Subject::NotMember { .. } => pb::ListPermissionsResponse {
                 reason: pb::Reason::NotMember.into(),
+                consistency_token: token,
+                ..Default::default()
+            },
+            Subject::UserDisabled { .. } => pb::ListPermissionsResponse {
+                reason: pb::Reason::UserDisabled.into(),
+                consistency_token: token,
+                ..Default::default()
+            },
+            Subject::MfaRequired { .. } => pb::ListPermissionsResponse {
+                reason: pb::Reason::MfaRequired.into(),
                 consistency_token: token,
                 ..Default::default()
             },

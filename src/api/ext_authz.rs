@@ -50,6 +50,8 @@ pub enum Verdict {
     NotMember,
     MissingPermission,
     OrgNotFound,
+    UserDisabled,
+    MfaRequired,
     /// No route maps the request and `ext_authz.unmapped = "deny"` (the default).
     UnmappedRoute,
     /// The user header is absent or empty.
@@ -70,6 +72,8 @@ impl Verdict {
             Verdict::NotMember => "REASON_NOT_MEMBER",
             Verdict::MissingPermission => "REASON_MISSING_PERMISSION",
             Verdict::OrgNotFound => "REASON_ORG_NOT_FOUND",
+            Verdict::UserDisabled => "REASON_USER_DISABLED",
+            Verdict::MfaRequired => "REASON_MFA_REQUIRED",
             Verdict::UnmappedRoute => "REASON_UNMAPPED_ROUTE",
             Verdict::MissingUser => "REASON_MISSING_USER",
             Verdict::MissingOrg => "REASON_MISSING_ORG",
@@ -88,6 +92,8 @@ impl Verdict {
             Reason::NotMember => Verdict::NotMember,
             Reason::MissingPermission => Verdict::MissingPermission,
             Reason::OrgNotFound => Verdict::OrgNotFound,
+            Reason::UserDisabled => Verdict::UserDisabled,
+            Reason::MfaRequired => Verdict::MfaRequired,
         }
     }
 
@@ -99,6 +105,8 @@ impl Verdict {
             Verdict::NotMember
             | Verdict::MissingPermission
             | Verdict::OrgNotFound
+            | Verdict::UserDisabled
+            | Verdict::MfaRequired
             | Verdict::UnmappedRoute
             | Verdict::MissingOrg
             | Verdict::InvalidHeader
@@ -113,6 +121,10 @@ impl Verdict {
             Verdict::NotMember => "the user is not a member of the organization",
             Verdict::MissingPermission => "the user's role lacks the permission this route needs",
             Verdict::OrgNotFound => "the organization does not exist",
+            Verdict::UserDisabled => "the user's account is disabled",
+            Verdict::MfaRequired => {
+                "the organization requires two-factor sign-in and the user has not enrolled"
+            }
             Verdict::UnmappedRoute => "no route maps this request",
             Verdict::MissingUser => "the request names no user",
             Verdict::MissingOrg => "the request names no organization",

@@ -6,6 +6,7 @@ pub mod context;
 pub mod convert;
 pub mod error;
 pub mod ext_authz;
+pub mod identity;
 pub mod middleware;
 pub mod paging;
 pub mod team;

@@ -356,14 +356,12 @@ impl TeamService for TeamApi {
             )
             .into());
         }
-        if req.password.is_some() {
-            return Err(with_reason(
-                tonic::Code::Unimplemented,
-                "PASSWORDS_UNSUPPORTED",
-                "password sign-in is not available yet: accept without a password",
-            ));
-        }
-        let acceptance = Acceptance {
+        let password = req
+            .password
+            .as_deref()
+            .map(|p| self.app.new_password("password", p))
+            .transpose()?;
+        let mut acceptance = Acceptance {
             first_name: req
                 .first_name
                 .as_deref()
@@ -376,6 +374,7 @@ impl TeamService for TeamApi {
                 .map(|n| parse_optional_name("last_name", n))
                 .transpose()?
                 .flatten(),
+            password_hash: None,
         };
         if let Err(wait) = self.bad_tokens.check(caller) {
             return Err(with_reason(
@@ -385,6 +384,10 @@ impl TeamService for TeamApi {
                     "too many invalid invitation tokens from this address: retry in {wait} s, with the link from the invitation email"
                 ),
             ));
+        }
+        // Hashed only once the caller is within its budget: hashing is deliberately costly.
+        if let Some(p) = &password {
+            acceptance.password_hash = Some(self.app.hash_password(p).await?);
         }
         let (member, org, token) = match self.app.accept_invitation(&ctx, secret, acceptance).await
         {
@@ -521,12 +524,45 @@ impl TeamService for TeamApi {
 
     async fn watch_changes(
         &self,
-        _request: Request<pb::WatchChangesRequest>,
+        request: Request<pb::WatchChangesRequest>,
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
-        Err(with_reason(
-            tonic::Code::Unimplemented,
-            "NOT_IMPLEMENTED",
-            "WatchChanges is not available in this version",
-        ))
+        let ctx = ctx(&request)?;
+        let feed = request
+            .extensions()
+            .get::<crate::feed::FeedHandle>()
+            .map(|h| h.0.clone())
+            .ok_or_else(|| {
+                with_reason(
+                    tonic::Code::Unavailable,
+                    "FEED_UNAVAILABLE",
+                    "the change feed is not running on this server",
+                )
+            })?;
+        let req = request.into_inner();
+        let org = match req.org_id.trim() {
+            "" => None,
+            raw => Some(org_id(raw)?),
+        };
+        let after = match req.after.trim() {
+            "" => crate::feed::After::Now,
+            raw if raw.starts_with("ct1.") => crate::feed::After::Token(
+                crate::domain::consistency::ConsistencyToken::decode(raw).map_err(|_| {
+                    DomainError::invalid_because(
+                        "after",
+                        "INVALID_CURSOR",
+                        "after is not a consistency_token returned by teamgate: pass one unchanged",
+                    )
+                })?,
+            ),
+            raw => crate::feed::After::Cursor(crate::feed::parse_cursor(raw).ok_or_else(|| {
+                DomainError::invalid_because(
+                    "after",
+                    "INVALID_CURSOR",
+                    "after is not a cursor from WatchChanges: pass an event's `cursor` unchanged, or leave it empty to start from now",
+                )
+            })?),
+        };
+        let stream = feed.watch(self.app.clone(), ctx, org, after).await?;
+        Ok(Response::new(Box::pin(stream) as ChangeStream))
     }
 }

@@ -17,7 +17,7 @@ use crate::domain::consistency::ConsistencyToken;
 use crate::domain::ids::{OrgId, UserId};
 use crate::domain::permission::{Permission, PermissionSet};
 use crate::domain::policy::Policy;
-use crate::store::entities::{memberships, organizations, roles};
+use crate::store::entities::{memberships, organizations, roles, users};
 use crate::store::{Store, decode_permissions, orgs};
 use crate::telemetry::metrics::Metrics;
 
@@ -27,6 +27,10 @@ pub enum Reason {
     NotMember,
     MissingPermission,
     OrgNotFound,
+    /// The user's account is disabled: every check is denied.
+    UserDisabled,
+    /// The org requires two-factor sign-in and the user has not enrolled.
+    MfaRequired,
 }
 
 /// What the check path knows about one user in one org.
@@ -41,6 +45,14 @@ pub enum Subject {
         role: String,
         permissions: PermissionSet,
     },
+    /// The user's account is disabled (whether or not they are a member).
+    UserDisabled {
+        org_version: i64,
+    },
+    /// A member of an org that requires MFA, without TOTP enrolled.
+    MfaRequired {
+        org_version: i64,
+    },
 }
 
 impl Subject {
@@ -52,15 +64,18 @@ impl Subject {
                 Reason::Allowed
             }
             Subject::Member { .. } => Reason::MissingPermission,
+            Subject::UserDisabled { .. } => Reason::UserDisabled,
+            Subject::MfaRequired { .. } => Reason::MfaRequired,
         }
     }
 
     pub fn org_version(&self) -> Option<i64> {
         match self {
             Subject::OrgNotFound => None,
-            Subject::NotMember { org_version } | Subject::Member { org_version, .. } => {
-                Some(*org_version)
-            }
+            Subject::NotMember { org_version }
+            | Subject::Member { org_version, .. }
+            | Subject::UserDisabled { org_version }
+            | Subject::MfaRequired { org_version } => Some(*org_version),
         }
     }
 }
@@ -174,9 +189,10 @@ impl Decisions {
         Ok(found)
     }
 
-    /// Reads subjects from the database: three queries whatever the number of pairs. The
-    /// org's version is read before its memberships, so a subject is never labelled newer
-    /// than the data it was built from.
+    /// Reads subjects from the database: four queries whatever the number of pairs. The
+    /// org's version is read before its memberships and the users' accounts, so a subject is
+    /// never labelled newer than the data it was built from (account changes bump the
+    /// versions of every org the user belongs to).
     #[tracing::instrument(name = "decisions.load", skip_all, fields(pairs = pairs.len(), org_id = pairs.first().filter(|_| pairs.len() == 1).map(|p| tracing::field::display(p.0))))]
     async fn load(&self, pairs: &[Pair]) -> AppResult<HashMap<Pair, Subject>> {
         let c = self.store.conn();
@@ -187,6 +203,11 @@ impl Decisions {
             .filter(organizations::Column::DeletedAt.is_null())
             .all(c)
             .await?;
+        let require_mfa: HashSet<String> = org_rows
+            .iter()
+            .filter(|o| o.require_mfa)
+            .map(|o| o.id.clone())
+            .collect();
         let versions: HashMap<String, i64> =
             org_rows.into_iter().map(|o| (o.id, o.version)).collect();
         let live: Vec<String> = versions.keys().cloned().collect();
@@ -195,9 +216,24 @@ impl Decisions {
         } else {
             memberships::Entity::find()
                 .filter(memberships::Column::OrgId.is_in(live.clone()))
-                .filter(memberships::Column::UserId.is_in(user_ids))
+                .filter(memberships::Column::UserId.is_in(user_ids.clone()))
                 .all(c)
                 .await?
+        };
+        // (disabled, has MFA) per user.
+        let accounts: HashMap<String, (bool, bool)> = if live.is_empty() {
+            HashMap::new()
+        } else {
+            users::Entity::find()
+                .filter(users::Column::Id.is_in(user_ids))
+                .all(c)
+                .await?
+                .into_iter()
+                .map(|u| {
+                    let disabled = u.status == crate::app::identity::STATUS_DISABLED;
+                    (u.id, (disabled, u.mfa_enabled))
+                })
+                .collect()
         };
         let roles_needed: HashSet<(String, String)> = ms
             .iter()
@@ -217,7 +253,15 @@ impl Decisions {
                 out.insert(*pair, Subject::OrgNotFound);
                 continue;
             };
+            let (disabled, has_mfa) = accounts
+                .get(&pair.1.to_string())
+                .copied()
+                .unwrap_or((false, false));
             let subject = match by_pair.get(&(org.clone(), pair.1.to_string())) {
+                _ if disabled => Subject::UserDisabled { org_version },
+                Some(_) if require_mfa.contains(&org) && !has_mfa => {
+                    Subject::MfaRequired { org_version }
+                }
                 None => Subject::NotMember { org_version },
                 Some(role) => {
                     let permissions = match self.policy.built_in(role) {

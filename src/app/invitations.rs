@@ -41,6 +41,8 @@ pub struct InvitationView {
 pub struct Acceptance {
     pub first_name: Option<String>,
     pub last_name: Option<String>,
+    /// The new account's password, hashed (see `App::hash_password`).
+    pub password_hash: Option<String>,
 }
 
 pub use crate::delivery::INVITATION_EMAIL;
@@ -230,7 +232,7 @@ impl App {
     ) -> AppResult<(InvitationView, String, String)> {
         let id = org_id.to_string();
         let tx = self.store.write().await?;
-        let org = orgs::lock(&*tx, &id)
+        let org = orgs::lock_unchanged(&*tx, &id)
             .await?
             .ok_or_else(|| org_not_found(&id))?;
         let actor = self.authorize(&*tx, ctx, &id, "members.manage").await?;
@@ -329,7 +331,7 @@ impl App {
         let row = invitations::find(&**tx, &invitation_id.to_string())
             .await?
             .ok_or_else(invitation_not_found)?;
-        let org = orgs::lock(&**tx, &row.org_id)
+        let org = orgs::lock_unchanged(&**tx, &row.org_id)
             .await?
             .ok_or_else(|| org_not_found(&row.org_id))?;
         let actor = self
@@ -480,7 +482,28 @@ impl App {
             .await?;
         let now = self.now();
         let user = match existing {
-            Some(u) => u,
+            Some(u) => {
+                if let Some(hash) = acceptance.password_hash {
+                    if u.password_hash.is_some() {
+                        return Err(DomainError::precondition(
+                            "PASSWORD_ALREADY_SET",
+                            "this account already has a password: accept without one, or reset it with RequestPasswordReset",
+                        )
+                        .into());
+                    }
+                    crate::store::identity::update_user(
+                        &*tx,
+                        &u.id,
+                        crate::store::identity::UserChanges {
+                            password_hash: Some(hash),
+                            ..Default::default()
+                        },
+                        now,
+                    )
+                    .await?;
+                }
+                u
+            }
             None => {
                 let u = UserRow {
                     id: UserId::generate().to_string(),
@@ -492,6 +515,12 @@ impl App {
                         .last_name
                         .unwrap_or_else(|| inv.row.last_name.clone()),
                     created_at: now,
+                    status: "active".into(),
+                    password_hash: acceptance.password_hash,
+                    mfa_secret: None,
+                    mfa_enabled: false,
+                    mfa_last_step: None,
+                    updated_at: None,
                 };
                 users::insert(&*tx, u.clone()).await?;
                 u
@@ -533,5 +562,39 @@ impl App {
             },
             t,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::clock::ManualClock;
+
+    #[test]
+    fn constant_time_eq_compares_whole_values() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn limiter_holds_off_a_caller_until_the_window_passes() {
+        let clock = ManualClock::starting_now();
+        let limiter =
+            BadTokenLimiter::with_limits(Arc::new(clock.clone()), 3, chrono::Duration::minutes(5));
+        let a = Some(IpAddr::from([10, 0, 0, 1]));
+        let b = Some(IpAddr::from([10, 0, 0, 2]));
+        for _ in 0..3 {
+            assert!(limiter.check(a).is_ok());
+            limiter.record_failure(a);
+        }
+        assert_eq!(limiter.check(a), Err(300));
+        assert!(limiter.check(b).is_ok(), "other callers are not affected");
+        clock.advance(chrono::Duration::minutes(4));
+        assert_eq!(limiter.check(a), Err(60));
+        clock.advance(chrono::Duration::minutes(1));
+        assert!(limiter.check(a).is_ok());
+        limiter.record_failure(a);
+        assert!(limiter.check(a).is_ok(), "a new window starts from zero");
     }
 }

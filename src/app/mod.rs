@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod authz;
+pub mod identity;
 pub mod invitations;
 pub mod members;
 pub mod orgs;
@@ -48,12 +49,14 @@ pub type AppResult<T> = Result<T, AppError>;
 #[derive(Debug, Clone)]
 pub struct AppSettings {
     pub invitation_ttl: chrono::Duration,
+    pub identity: identity::IdentitySettings,
 }
 
 impl Default for AppSettings {
     fn default() -> Self {
         AppSettings {
             invitation_ttl: chrono::Duration::days(7),
+            identity: identity::IdentitySettings::default(),
         }
     }
 }

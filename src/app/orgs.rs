@@ -104,6 +104,12 @@ impl App {
                         first_name,
                         last_name,
                         created_at: now,
+                        status: "active".into(),
+                        password_hash: None,
+                        mfa_secret: None,
+                        mfa_enabled: false,
+                        mfa_last_step: None,
+                        updated_at: None,
                     };
                     users::insert(&*tx, row.clone()).await?;
                     row
@@ -181,9 +187,13 @@ impl App {
             self.check_plan(plan)?;
         }
         let tx = self.store.write().await?;
-        let before = orgs::lock(&*tx, &id)
-            .await?
-            .ok_or_else(|| org_not_found(&id))?;
+        // Only require_mfa can change a decision; renames and plan changes keep caches warm.
+        let locked = if changes.require_mfa.is_some() {
+            orgs::lock(&*tx, &id).await?
+        } else {
+            orgs::lock_unchanged(&*tx, &id).await?
+        };
+        let before = locked.ok_or_else(|| org_not_found(&id))?;
         let needs_update = changes.name.is_some() || changes.require_mfa.is_some();
         let first = if needs_update {
             "org.update"

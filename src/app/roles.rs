@@ -93,7 +93,7 @@ impl App {
         let display_name = def.display_name.unwrap_or_else(|| key.to_owned());
         let perms = parse_permissions(&def.permissions, |p| self.policy.knows(p))?;
         let tx = self.store.write().await?;
-        let org = orgs::lock(&*tx, &id)
+        let org = orgs::lock_unchanged(&*tx, &id)
             .await?
             .ok_or_else(|| org_not_found(&id))?;
         let actor = self.authorize(&*tx, ctx, &id, "roles.manage").await?;

@@ -194,7 +194,10 @@ impl RedisLevel {
         let mut pipe = redis::pipe();
         for ((org, user), subject) in entries {
             let wire = match subject {
-                Subject::OrgNotFound => continue,
+                // Account-level denials are not shared through Redis; each replica loads them.
+                Subject::OrgNotFound
+                | Subject::UserDisabled { .. }
+                | Subject::MfaRequired { .. } => continue,
                 Subject::NotMember { org_version } => Wire {
                     e: epoch,
                     v: *org_version,

@@ -27,7 +27,8 @@ fn default_port(tls: SmtpTls) -> u16 {
 
 impl SmtpSink {
     /// Builds the transport; connections are made (and pooled) on the first send, so a mail
-    /// server that is down at start-up only delays delivery.
+    /// server that is down at start-up only delays delivery. Call it inside the Tokio runtime
+    /// (the pool starts a task).
     pub fn new(c: &SmtpConfig, timeout: Duration) -> anyhow::Result<SmtpSink> {
         let host = c.host.trim();
         let builder = match c.tls {
@@ -115,8 +116,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn builds_every_tls_mode_and_rejects_a_bad_sender() {
+    // Building the transport starts its connection pool, which needs a runtime.
+    #[tokio::test]
+    async fn builds_every_tls_mode_and_rejects_a_bad_sender() {
         for tls in [SmtpTls::None, SmtpTls::Starttls, SmtpTls::Tls] {
             assert!(SmtpSink::new(&config(tls), Duration::from_secs(1)).is_ok());
         }
@@ -129,8 +131,8 @@ mod tests {
         assert!(err.contains("mail.smtp.from"), "{err}");
     }
 
-    #[test]
-    fn message_has_both_bodies_and_a_stable_id() {
+    #[tokio::test]
+    async fn message_has_both_bodies_and_a_stable_id() {
         let sink = SmtpSink::new(&config(SmtpTls::None), Duration::from_secs(1)).unwrap();
         let m = EmailMessage {
             id: "0190-abc".into(),

@@ -133,15 +133,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signature_matches_a_known_vector() {
-        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+    fn signature_covers_timestamp_key_and_body() {
         let sig = signature(b"Jefe", 0, b"what do ya want for nothing?");
-        // The signed data is "0." + body, so this differs from the RFC's; check the shape
-        // and that every input matters.
         assert!(sig.starts_with("v1=") && sig.len() == 3 + 64);
         assert_ne!(sig, signature(b"Jefe", 1, b"what do ya want for nothing?"));
         assert_ne!(sig, signature(b"Jeff", 0, b"what do ya want for nothing?"));
         assert_ne!(sig, signature(b"Jefe", 0, b"what do ya want for nothing!"));
+        // The signed data is "{timestamp}.{body}".
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
+        mac.update(b"0.what do ya want for nothing?");
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(sig, format!("v1={hex}"));
     }
 
     #[test]

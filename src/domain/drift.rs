@@ -132,13 +132,13 @@ impl fmt::Display for Drift {
                 let more = roles.len().saturating_sub(shown.len());
                 write!(
                     f,
-                    "permission `{permission}` is not in the policy's catalog but {} list it ({}{}): \
+                    "permission `{permission}` is not in the policy's catalog but {} it ({}{}): \
                      add it back to the catalog, or remove it from those roles (UpdateRole) with the \
                      old policy first",
                     plural(
                         u64::try_from(roles.len()).unwrap_or(u64::MAX),
-                        "custom role",
-                        "custom roles"
+                        "custom role lists",
+                        "custom roles list"
                     ),
                     shown.join(", "),
                     if more > 0 {
@@ -298,14 +298,12 @@ pub fn compare(policy: &Policy, snapshot: &Snapshot) -> DriftReport {
         }
     }
 
-    if let Some(o) = &snapshot.ownerless {
-        if o.orgs > 0 {
-            problems.push(Drift::NoOwner {
-                owner_role: policy.owner_role().to_owned(),
-                orgs: o.orgs,
-                example_org: o.example_org.clone(),
-            });
-        }
+    if let Some(o) = snapshot.ownerless.as_ref().filter(|o| o.orgs > 0) {
+        problems.push(Drift::NoOwner {
+            owner_role: policy.owner_role().to_owned(),
+            orgs: o.orgs,
+            example_org: o.example_org.clone(),
+        });
     }
 
     DriftReport { problems }

@@ -8,10 +8,14 @@ pub mod error;
 pub mod ids;
 pub mod invitation;
 pub mod names;
+pub mod password;
 pub mod permission;
 pub mod policy;
 pub mod roles;
 pub mod routes;
+pub mod sealed;
+pub mod session;
 pub mod token;
+pub mod totp;
 
 pub use error::DomainError;

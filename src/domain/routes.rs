@@ -202,10 +202,13 @@ permission = "projects.edit"
                             }
                         }
                     }
-                    None => prop_assert!(p.routes().iter().all(|r| {
-                        !bare.starts_with(r.path_prefix.as_str())
-                            || r.method.as_deref().is_some_and(|m| !m.eq_ignore_ascii_case(method))
-                    })),
+                    None => {
+                        let none_applies = p.routes().iter().all(|r| {
+                            !bare.starts_with(r.path_prefix.as_str())
+                                || r.method.as_deref().is_some_and(|m| !m.eq_ignore_ascii_case(method))
+                        });
+                        prop_assert!(none_applies);
+                    }
                 }
             }
         }

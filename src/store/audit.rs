@@ -10,7 +10,10 @@ use super::entities::audit_events;
 
 pub use audit_events::Model as AuditRow;
 
+/// Records an audit event and appends it to the change feed (`store::changes`), both in the
+/// caller's transaction, so the feed holds exactly the committed changes.
 pub async fn insert<C: ConnectionTrait>(c: &C, row: AuditRow) -> Result<(), StoreError> {
+    super::changes::record(c, &row).await?;
     audit_events::Entity::insert(audit_events::ActiveModel {
         id: Set(row.id),
         org_id: Set(row.org_id),

@@ -2,9 +2,11 @@
 //! default) and PostgreSQL (production).
 
 pub mod audit;
+pub mod changes;
 pub mod drift;
 pub mod entities;
 pub mod error;
+pub mod identity;
 pub mod invitations;
 pub mod members;
 pub mod migrations;

@@ -32,6 +32,27 @@ pub async fn lock<C: ConnectionTrait>(c: &C, org_id: &str) -> Result<Option<OrgR
     find_live(c, org_id).await
 }
 
+/// Locks a live org for the rest of the transaction without bumping its version, for changes
+/// that cannot alter a decision (invitations, renames), so cached decisions stay warm.
+pub async fn lock_unchanged<C: ConnectionTrait>(
+    c: &C,
+    org_id: &str,
+) -> Result<Option<OrgRow>, StoreError> {
+    let res = organizations::Entity::update_many()
+        .col_expr(
+            organizations::Column::Version,
+            Expr::col(organizations::Column::Version),
+        )
+        .filter(organizations::Column::Id.eq(org_id))
+        .filter(organizations::Column::DeletedAt.is_null())
+        .exec(c)
+        .await?;
+    if res.rows_affected == 0 {
+        return Ok(None);
+    }
+    find_live(c, org_id).await
+}
+
 pub async fn find_live<C: ConnectionTrait>(
     c: &C,
     org_id: &str,

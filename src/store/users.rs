@@ -46,6 +46,12 @@ pub async fn insert<C: ConnectionTrait>(c: &C, row: UserRow) -> Result<(), Store
         first_name: Set(row.first_name),
         last_name: Set(row.last_name),
         created_at: Set(row.created_at),
+        status: Set(row.status),
+        password_hash: Set(row.password_hash),
+        mfa_secret: Set(row.mfa_secret),
+        mfa_enabled: Set(row.mfa_enabled),
+        mfa_last_step: Set(row.mfa_last_step),
+        updated_at: Set(row.updated_at),
     })
     .exec_without_returning(c)
     .await?;

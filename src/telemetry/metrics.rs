@@ -108,6 +108,8 @@ pub fn reason_name(reason: Reason) -> &'static str {
         Reason::NotMember => "not_member",
         Reason::MissingPermission => "missing_permission",
         Reason::OrgNotFound => "org_not_found",
+        Reason::UserDisabled => "user_disabled",
+        Reason::MfaRequired => "mfa_required",
     }
 }
 

@@ -18,6 +18,7 @@ use std::io::IsTerminal;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::{self, FilterExt as _};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -82,9 +83,14 @@ fn install(
             .boxed()
     };
     let traces = provider.map(|p| {
+        // Query spans only inside a traced call: the outbox worker's polling and other
+        // background queries would otherwise each start a trace of their own.
+        let queries_in_calls = filter::dynamic_filter_fn(|meta, cx| {
+            !meta.target().starts_with("sea_orm") || cx.lookup_current().is_some()
+        });
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("teamgate"))
-            .with_filter(EnvFilter::new(TRACE_FILTER))
+            .with_filter(EnvFilter::new(TRACE_FILTER).and(queries_in_calls))
     });
     tracing_subscriber::registry()
         .with(logs.with_filter(log_filter))

@@ -57,7 +57,6 @@ fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
             }),
             ..Default::default()
         }),
-        ..Default::default()
     }
 }
 

@@ -146,6 +146,9 @@ struct RunArgs {
     /// Keep the temporary directory (SQLite file, server logs).
     #[arg(long)]
     keep_work_dir: bool,
+    /// A note to add to the report (repeatable), e.g. what was built.
+    #[arg(long = "note", value_name = "TEXT")]
+    notes: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -367,7 +370,7 @@ async fn run_all(
     work: &Path,
     pg: &mut Option<PgDatabase>,
 ) -> anyhow::Result<Outcome> {
-    let mut notes = Vec::new();
+    let mut notes = plan.args.notes.clone();
     let mut noop = ServerProcess::spawn_noop(work)?;
     noop.wait_healthy(Duration::from_secs(30)).await?;
     let noop_conns = Conn::open_many(noop.addr, plan.args.connections).await?;

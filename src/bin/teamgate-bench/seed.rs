@@ -173,6 +173,8 @@ pub async fn seed(url: &str, ds: &Dataset) -> anyhow::Result<SeedStats> {
                 first_name: Set("Bench".to_owned()),
                 last_name: Set(format!("User {i}")),
                 created_at: Set(now),
+                // Account columns keep their defaults (active, no password, no MFA).
+                ..Default::default()
             })
             .collect();
         let membership_rows: Vec<memberships::ActiveModel> = member_range
@@ -200,6 +202,8 @@ pub async fn seed(url: &str, ds: &Dataset) -> anyhow::Result<SeedStats> {
                 first_name: Set("Extra".to_owned()),
                 last_name: Set(format!("User {k}")),
                 created_at: Set(now),
+                // Account columns keep their defaults (active, no password, no MFA).
+                ..Default::default()
             })
             .collect();
         let membership_rows: Vec<memberships::ActiveModel> = ds

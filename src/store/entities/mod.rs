@@ -1,9 +1,15 @@
 //! SeaORM entities, one per table.
 
 pub mod audit_events;
+pub mod auth_failures;
+pub mod changes;
+pub mod feed_sequence;
 pub mod invitations;
 pub mod memberships;
 pub mod organizations;
 pub mod outbox;
+pub mod password_reset_tokens;
 pub mod roles;
+pub mod signing_keys;
 pub mod users;
+pub mod webhook_cursors;

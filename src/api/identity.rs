@@ -1,0 +1,268 @@
+//! `teamgate.v1.IdentityService`: accounts and sign-in.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::context::ctx;
+use super::convert::timestamp;
+use super::error::with_reason;
+use crate::app::App;
+use crate::app::identity::{SignInOutcome, UserRef, UserStatus};
+use crate::app::invitations::BadTokenLimiter;
+use crate::domain::DomainError;
+use crate::domain::email::Email;
+use crate::domain::ids::UserId;
+use crate::domain::names::parse_name;
+use crate::proto::teamgate::v1 as pb;
+use crate::proto::teamgate::v1::identity_service_server::IdentityService;
+use crate::store::users::UserRow;
+
+/// Longest password, email or code accepted before any work is done.
+const MAX_INPUT_BYTES: usize = 1024;
+
+pub struct IdentityApi {
+    app: Arc<App>,
+    /// Failed sign-ins and bad reset tokens per caller (peer IP).
+    bad_callers: BadTokenLimiter,
+}
+
+impl IdentityApi {
+    pub fn new(app: Arc<App>) -> Self {
+        let bad_callers =
+            BadTokenLimiter::with_limits(app.clock.clone(), 50, chrono::Duration::minutes(10));
+        IdentityApi { app, bad_callers }
+    }
+}
+
+pub fn user(u: &UserRow) -> pb::User {
+    let status = match UserStatus::from_stored(&u.status) {
+        UserStatus::Active => pb::UserStatus::Active,
+        UserStatus::Disabled => pb::UserStatus::Disabled,
+    };
+    pb::User {
+        id: u.id.clone(),
+        email: u.email.clone(),
+        first_name: u.first_name.clone(),
+        last_name: u.last_name.clone(),
+        status: status.into(),
+        mfa_enabled: u.mfa_enabled,
+        created_at: Some(timestamp(u.created_at)),
+    }
+}
+
+fn too_many(wait: u64) -> Status {
+    with_reason(
+        tonic::Code::ResourceExhausted,
+        "TOO_MANY_ATTEMPTS",
+        format!("too many failed attempts: retry in {wait} s"),
+    )
+}
+
+fn bounded<'a>(field: &str, raw: &'a str) -> Result<&'a str, DomainError> {
+    if raw.len() > MAX_INPUT_BYTES {
+        return Err(DomainError::invalid_because(
+            field,
+            "FIELD_TOO_LONG",
+            format!("{field} must be at most {MAX_INPUT_BYTES} bytes"),
+        ));
+    }
+    Ok(raw)
+}
+
+#[tonic::async_trait]
+impl IdentityService for IdentityApi {
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let ctx = ctx(&request)?;
+        let r = match request.into_inner().user_ref {
+            Some(pb::get_user_request::UserRef::UserId(id)) => {
+                UserRef::Id(UserId::parse("user_id", &id)?)
+            }
+            Some(pb::get_user_request::UserRef::Email(e)) => {
+                UserRef::Email(Email::parse("email", &e)?)
+            }
+            None => {
+                return Err(DomainError::invalid_because(
+                    "user_ref",
+                    "MISSING_FIELD",
+                    "pass user_id or email",
+                )
+                .into());
+            }
+        };
+        let u = self.app.get_user(&ctx, r).await?;
+        Ok(Response::new(user(&u)))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let ctx = ctx(&request)?;
+        let req = request.into_inner();
+        let id = UserId::parse("user_id", &req.user_id)?;
+        let first = req
+            .first_name
+            .as_deref()
+            .map(|n| parse_name("first_name", n))
+            .transpose()?;
+        let last = req
+            .last_name
+            .as_deref()
+            .map(|n| parse_name("last_name", n))
+            .transpose()?;
+        let u = self.app.update_user(&ctx, id, first, last).await?;
+        Ok(Response::new(user(&u)))
+    }
+
+    async fn set_user_status(
+        &self,
+        request: Request<pb::SetUserStatusRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let ctx = ctx(&request)?;
+        let req = request.into_inner();
+        let id = UserId::parse("user_id", &req.user_id)?;
+        let status = match pb::UserStatus::try_from(req.status) {
+            Ok(pb::UserStatus::Active) => UserStatus::Active,
+            Ok(pb::UserStatus::Disabled) => UserStatus::Disabled,
+            _ => {
+                return Err(DomainError::invalid_because(
+                    "status",
+                    "INVALID_STATUS",
+                    "status must be USER_STATUS_ACTIVE or USER_STATUS_DISABLED",
+                )
+                .into());
+            }
+        };
+        let u = self.app.set_user_status(&ctx, id, status).await?;
+        Ok(Response::new(user(&u)))
+    }
+
+    async fn authenticate(
+        &self,
+        request: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        let ctx = ctx(&request)?;
+        let caller = request.remote_addr().map(|a| a.ip());
+        let req = request.into_inner();
+        bounded("email", &req.email)?;
+        bounded("password", &req.password)?;
+        if let Some(code) = &req.totp_code {
+            bounded("totp_code", code)?;
+        }
+        if let Err(wait) = self.bad_callers.check(caller) {
+            return Err(too_many(wait));
+        }
+        let outcome = self
+            .app
+            .authenticate(&ctx, &req.email, &req.password, req.totp_code.as_deref())
+            .await;
+        match outcome {
+            Ok(SignInOutcome::SignedIn(s)) => Ok(Response::new(pb::AuthenticateResponse {
+                user: Some(user(&s.user)),
+                session_token: s.token,
+                expires_at: Some(timestamp(s.expires_at)),
+            })),
+            Ok(SignInOutcome::Throttled(wait)) => Err(too_many(wait)),
+            Err(e) => {
+                if matches!(&e, crate::app::AppError::Domain(d) if d.reason() == "INVALID_CREDENTIALS")
+                {
+                    self.bad_callers.record_failure(caller);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn get_jwks(
+        &self,
+        _request: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        let keys = self.app.jwks().await?;
+        Ok(Response::new(pb::GetJwksResponse { keys }))
+    }
+
+    async fn request_password_reset(
+        &self,
+        request: Request<pb::RequestPasswordResetRequest>,
+    ) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
+        let ctx = ctx(&request)?;
+        let email = Email::parse("email", &request.get_ref().email)?;
+        self.app.request_password_reset(&ctx, email).await?;
+        Ok(Response::new(pb::RequestPasswordResetResponse {}))
+    }
+
+    async fn reset_password(
+        &self,
+        request: Request<pb::ResetPasswordRequest>,
+    ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
+        let ctx = ctx(&request)?;
+        let caller = request.remote_addr().map(|a| a.ip());
+        let req = request.into_inner();
+        let token = req.token.trim();
+        if token.is_empty() || token.len() > 256 {
+            return Err(DomainError::invalid_because(
+                "token",
+                "MISSING_FIELD",
+                "token is required: pass the token from the reset email",
+            )
+            .into());
+        }
+        let password = self.app.new_password("new_password", &req.new_password)?;
+        if let Err(wait) = self.bad_callers.check(caller) {
+            return Err(too_many(wait));
+        }
+        match self.app.reset_password(&ctx, token, password).await {
+            Ok(()) => Ok(Response::new(pb::ResetPasswordResponse {})),
+            Err(e) => {
+                if matches!(&e, crate::app::AppError::Domain(d) if d.reason() == "RESET_TOKEN_INVALID")
+                {
+                    self.bad_callers.record_failure(caller);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn enroll_totp(
+        &self,
+        request: Request<pb::EnrollTotpRequest>,
+    ) -> Result<Response<pb::EnrollTotpResponse>, Status> {
+        let ctx = ctx(&request)?;
+        let id = UserId::parse("user_id", &request.get_ref().user_id)?;
+        let e = self.app.enroll_totp(&ctx, id).await?;
+        Ok(Response::new(pb::EnrollTotpResponse {
+            secret: e.secret,
+            otpauth_uri: e.otpauth_uri,
+        }))
+    }
+
+    async fn confirm_totp(
+        &self,
+        request: Request<pb::ConfirmTotpRequest>,
+    ) -> Result<Response<pb::ConfirmTotpResponse>, Status> {
+        let ctx = ctx(&request)?;
+        let req = request.into_inner();
+        let id = UserId::parse("user_id", &req.user_id)?;
+        self.app
+            .set_totp(&ctx, id, bounded("code", &req.code)?, true)
+            .await?;
+        Ok(Response::new(pb::ConfirmTotpResponse {}))
+    }
+
+    async fn disable_totp(
+        &self,
+        request: Request<pb::DisableTotpRequest>,
+    ) -> Result<Response<pb::DisableTotpResponse>, Status> {
+        let ctx = ctx(&request)?;
+        let req = request.into_inner();
+        let id = UserId::parse("user_id", &req.user_id)?;
+        self.app
+            .set_totp(&ctx, id, bounded("code", &req.code)?, false)
+            .await?;
+        Ok(Response::new(pb::DisableTotpResponse {}))
+    }
+}

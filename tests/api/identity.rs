@@ -1,0 +1,780 @@
+//! IdentityService: accounts, disabled users, passwords, session tokens (verified with an
+//! independent JWT library against GetJwks), key rotation, password reset, TOTP and
+//! organizations that require two-factor sign-in.
+
+use chrono::Duration;
+use hmac::{Hmac, Mac};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use teamgate::config::Config;
+use teamgate::proto::teamgate::v1 as pb;
+use teamgate::proto::teamgate::v1::identity_service_client::IdentityServiceClient;
+use teamgate::store::entities::outbox;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::helpers::{Backend, TestServer, as_actor, assert_error, unwrap_err};
+use crate::on_both_backends;
+
+on_both_backends!(
+    users_can_be_read_renamed_disabled_and_enabled,
+    passwords_set_on_accept_sign_in_and_tokens_verify,
+    sign_in_failures_look_alike_and_are_rate_limited,
+    signing_keys_rotate_and_old_ones_stay_until_tokens_expire,
+    password_reset_is_single_use_and_expires,
+    totp_enrolment_and_orgs_requiring_mfa,
+);
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn cheap_hashing(c: &mut Config) {
+    c.identity.argon2_memory_kib = 64;
+    c.identity.argon2_iterations = 1;
+    c.identity.argon2_parallelism = 1;
+}
+
+async fn spawn(backend: Backend) -> TestServer {
+    TestServer::spawn_with(backend, cheap_hashing).await
+}
+
+fn identity(s: &TestServer) -> IdentityServiceClient<Channel> {
+    IdentityServiceClient::new(s.channel.clone())
+}
+
+/// Invites `email` into `org` and accepts with `password`; returns the user id.
+async fn member_with_password(
+    s: &TestServer,
+    org: &str,
+    owner: &str,
+    role: &str,
+    email: &str,
+    password: Option<&str>,
+) -> Result<String, tonic::Status> {
+    let token = s
+        .team
+        .clone()
+        .invite_member(as_actor(
+            owner,
+            pb::InviteMemberRequest {
+                org_id: org.into(),
+                email: email.into(),
+                first_name: "Pat".into(),
+                last_name: "Person".into(),
+                role: role.into(),
+            },
+        ))
+        .await?
+        .into_inner()
+        .token;
+    Ok(s.team
+        .clone()
+        .accept_invitation(pb::AcceptInvitationRequest {
+            token,
+            password: password.map(str::to_owned),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .member
+        .unwrap()
+        .user_id)
+}
+
+async fn sign_in(
+    s: &TestServer,
+    email: &str,
+    password: &str,
+    code: Option<String>,
+) -> Result<pb::AuthenticateResponse, tonic::Status> {
+    identity(s)
+        .authenticate(pb::AuthenticateRequest {
+            email: email.into(),
+            password: password.into(),
+            totp_code: code,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn jwks(s: &TestServer) -> jsonwebtoken::jwk::JwkSet {
+    let raw = identity(s)
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    serde_json::from_str(&raw).unwrap()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Claims {
+    sub: String,
+    email: String,
+    orgs: Vec<String>,
+    iat: i64,
+    exp: i64,
+    jti: String,
+}
+
+/// Verifies a session token with `jsonwebtoken` against the server's JWKS.
+fn verify(token: &str, set: &jsonwebtoken::jwk::JwkSet) -> Claims {
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    let kid = header.kid.expect("token names its key");
+    let jwk = set.find(&kid).expect("key in JWKS");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.validate_exp = false;
+    validation.required_spec_claims.clear();
+    jsonwebtoken::decode::<Claims>(token, &key, &validation)
+        .unwrap()
+        .claims
+}
+
+fn kid(token: &str) -> String {
+    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+}
+
+fn totp_code(secret_b32: &str, at: chrono::DateTime<chrono::Utc>) -> String {
+    let secret = data_encoding::BASE32_NOPAD
+        .decode(secret_b32.as_bytes())
+        .unwrap();
+    let counter = (at.timestamp() / 30) as u64;
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(&secret).unwrap();
+    mac.update(&counter.to_be_bytes());
+    let d = mac.finalize().into_bytes();
+    let o = (d[19] & 0x0f) as usize;
+    let n = (u32::from(d[o]) & 0x7f) << 24
+        | u32::from(d[o + 1]) << 16
+        | u32::from(d[o + 2]) << 8
+        | u32::from(d[o + 3]);
+    format!("{:06}", n % 1_000_000)
+}
+
+fn now(s: &TestServer) -> chrono::DateTime<chrono::Utc> {
+    use teamgate::domain::clock::Clock;
+    s.clock.now()
+}
+
+async fn set_status(
+    s: &TestServer,
+    actor: &str,
+    user: &str,
+    status: pb::UserStatus,
+) -> Result<pb::User, tonic::Status> {
+    identity(s)
+        .set_user_status(as_actor(
+            actor,
+            pb::SetUserStatusRequest {
+                user_id: user.into(),
+                status: status.into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn users_can_be_read_renamed_disabled_and_enabled(backend: Backend) {
+    let s = spawn(backend).await;
+    let (org, owner) = s.org("Acme", "").await;
+    let (other_org, other_owner) = s.org("Other", "").await;
+    let member = s.member(&org, &owner, "member").await;
+    let admin = s.member(&org, &owner, "admin").await;
+
+    let by_id = identity(&s)
+        .get_user(pb::GetUserRequest {
+            user_ref: Some(pb::get_user_request::UserRef::UserId(member.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_id.status(), pb::UserStatus::Active);
+    assert!(!by_id.mfa_enabled);
+    let by_email = identity(&s)
+        .get_user(pb::GetUserRequest {
+            user_ref: Some(pb::get_user_request::UserRef::Email(
+                by_id.email.to_uppercase(),
+            )),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_email.id, member);
+    let missing = unwrap_err(
+        identity(&s)
+            .get_user(pb::GetUserRequest {
+                user_ref: Some(pb::get_user_request::UserRef::Email(
+                    "nobody@example.com".into(),
+                )),
+            })
+            .await,
+    );
+    assert_error(&missing, Code::NotFound, "USER_NOT_FOUND");
+
+    // Only the user renames themselves.
+    let renamed = identity(&s)
+        .update_user(as_actor(
+            &member,
+            pb::UpdateUserRequest {
+                user_id: member.clone(),
+                first_name: Some("Robin".into()),
+                last_name: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(renamed.first_name, "Robin");
+    assert_eq!(renamed.last_name, by_id.last_name);
+    let err = unwrap_err(
+        identity(&s)
+            .update_user(as_actor(
+                &admin,
+                pb::UpdateUserRequest {
+                    user_id: member.clone(),
+                    first_name: Some("Mallory".into()),
+                    last_name: None,
+                },
+            ))
+            .await,
+    );
+    assert_error(&err, Code::PermissionDenied, "NOT_THE_USER");
+
+    // Not oneself, not a plain member, not an admin of an unrelated org.
+    let err = unwrap_err(set_status(&s, &member, &member, pb::UserStatus::Disabled).await);
+    assert_error(&err, Code::PermissionDenied, "CANNOT_CHANGE_OWN_STATUS");
+    let peer = s.member(&org, &owner, "member").await;
+    let err = unwrap_err(set_status(&s, &peer, &member, pb::UserStatus::Disabled).await);
+    assert_error(&err, Code::PermissionDenied, "NOT_AN_ADMIN");
+    let err = unwrap_err(set_status(&s, &other_owner, &member, pb::UserStatus::Disabled).await);
+    assert_error(&err, Code::PermissionDenied, "NOT_AN_ADMIN");
+    let err = unwrap_err(set_status(&s, &admin, &member, pb::UserStatus::Unspecified).await);
+    assert_error(&err, Code::InvalidArgument, "INVALID_STATUS");
+
+    // The member also belongs to another org; disabling denies them there too, at once.
+    let token = s
+        .team
+        .clone()
+        .invite_member(as_actor(
+            &other_owner,
+            pb::InviteMemberRequest {
+                org_id: other_org.clone(),
+                email: by_id.email.clone(),
+                first_name: "Robin".into(),
+                last_name: "Member".into(),
+                role: "member".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    s.team
+        .clone()
+        .accept_invitation(pb::AcceptInvitationRequest {
+            token,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(s.allowed(&org, &member, "members.view").await);
+    assert!(s.allowed(&other_org, &member, "members.view").await);
+
+    let disabled = set_status(&s, &admin, &member, pb::UserStatus::Disabled)
+        .await
+        .unwrap();
+    assert_eq!(disabled.status(), pb::UserStatus::Disabled);
+    for o in [&org, &other_org] {
+        let c = s.check(o, &member, "members.view").await;
+        assert!(!c.allowed);
+        assert_eq!(c.reason(), pb::Reason::UserDisabled);
+    }
+    let perms = s
+        .authz
+        .clone()
+        .list_permissions(pb::ListPermissionsRequest {
+            org_id: org.clone(),
+            user_id: member.clone(),
+            consistency: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(perms.reason(), pb::Reason::UserDisabled);
+    assert!(perms.permissions.is_empty());
+    // Other members are unaffected.
+    assert!(s.allowed(&org, &peer, "members.view").await);
+
+    set_status(&s, &admin, &member, pb::UserStatus::Active)
+        .await
+        .unwrap();
+    assert!(s.allowed(&org, &member, "members.view").await);
+    assert!(s.allowed(&other_org, &member, "members.view").await);
+
+    let audit = s
+        .team
+        .clone()
+        .list_audit_events(as_actor(
+            &owner,
+            pb::ListAuditEventsRequest {
+                org_id: org.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let actions: Vec<&str> = audit.events.iter().map(|e| e.action.as_str()).collect();
+    for a in ["user.updated", "user.disabled", "user.enabled"] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+    s.stop().await;
+}
+
+async fn passwords_set_on_accept_sign_in_and_tokens_verify(backend: Backend) {
+    let s = spawn(backend).await;
+    let (org, owner) = s.org("Acme", "").await;
+
+    let err = unwrap_err(
+        member_with_password(
+            &s,
+            &org,
+            &owner,
+            "member",
+            "short@example.com",
+            Some("short"),
+        )
+        .await,
+    );
+    assert_error(&err, Code::InvalidArgument, "PASSWORD_TOO_SHORT");
+    let err = unwrap_err(
+        member_with_password(
+            &s,
+            &org,
+            &owner,
+            "member",
+            "common@example.com",
+            Some("Password1234"),
+        )
+        .await,
+    );
+    assert_error(&err, Code::InvalidArgument, "PASSWORD_TOO_COMMON");
+
+    let user = member_with_password(
+        &s,
+        &org,
+        &owner,
+        "member",
+        "ann@example.com",
+        Some(PASSWORD),
+    )
+    .await
+    .unwrap();
+    let resp = sign_in(&s, "Ann@Example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    assert_eq!(resp.user.as_ref().unwrap().id, user);
+    let claims = verify(&resp.session_token, &jwks(&s).await);
+    assert_eq!(claims.sub, user);
+    assert_eq!(claims.email, "ann@example.com");
+    assert_eq!(claims.orgs, vec![org.clone()]);
+    assert_eq!(claims.exp, resp.expires_at.unwrap().seconds);
+    assert_eq!(claims.exp - claims.iat, 15 * 60);
+    assert!(!claims.jti.is_empty());
+    let again = sign_in(&s, "ann@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    assert_ne!(
+        verify(&again.session_token, &jwks(&s).await).jti,
+        claims.jti
+    );
+
+    // A password sent with an invitation for an account that already has one is refused.
+    let (org2, owner2) = s.org("Beta", "").await;
+    let err = unwrap_err(
+        member_with_password(
+            &s,
+            &org2,
+            &owner2,
+            "member",
+            "ann@example.com",
+            Some("another long passphrase"),
+        )
+        .await,
+    );
+    assert_error(&err, Code::FailedPrecondition, "PASSWORD_ALREADY_SET");
+    s.stop().await;
+}
+
+async fn sign_in_failures_look_alike_and_are_rate_limited(backend: Backend) {
+    let s = TestServer::spawn_with(backend, |c| {
+        cheap_hashing(c);
+        c.identity.max_failed_sign_ins = 3;
+        c.identity.failure_window_secs = 600;
+    })
+    .await;
+    let (org, owner) = s.org("Acme", "").await;
+    let user = member_with_password(&s, &org, &owner, "admin", "bo@example.com", Some(PASSWORD))
+        .await
+        .unwrap();
+    let disabled_user =
+        member_with_password(&s, &org, &owner, "member", "cy@example.com", Some(PASSWORD))
+            .await
+            .unwrap();
+    set_status(&s, &owner, &disabled_user, pb::UserStatus::Disabled)
+        .await
+        .unwrap();
+    let no_password = s.member(&org, &owner, "member").await;
+    let no_password_email = identity(&s)
+        .get_user(pb::GetUserRequest {
+            user_ref: Some(pb::get_user_request::UserRef::UserId(no_password)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .email;
+
+    let mut messages = Vec::new();
+    for (email, password) in [
+        ("bo@example.com", "wrong password entirely"),
+        ("nobody@example.com", PASSWORD),
+        ("cy@example.com", PASSWORD),
+        (no_password_email.as_str(), PASSWORD),
+        ("not an email", PASSWORD),
+    ] {
+        let err = unwrap_err(sign_in(&s, email, password, None).await);
+        assert_error(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
+        messages.push(err.message().to_owned());
+    }
+    messages.dedup();
+    assert_eq!(messages.len(), 1, "every failure reads the same");
+
+    // Two more wrong passwords reach the limit (3); then even the right one is refused.
+    for _ in 0..2 {
+        let err = unwrap_err(sign_in(&s, "bo@example.com", "still the wrong one", None).await);
+        assert_error(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    }
+    let err = unwrap_err(sign_in(&s, "bo@example.com", PASSWORD, None).await);
+    assert_error(&err, Code::ResourceExhausted, "TOO_MANY_ATTEMPTS");
+    s.clock.advance(Duration::seconds(601));
+    sign_in(&s, "bo@example.com", PASSWORD, None).await.unwrap();
+
+    // Failures and successes are audited, never with the password.
+    let audit = s
+        .team
+        .clone()
+        .list_audit_events(as_actor(
+            &owner,
+            pb::ListAuditEventsRequest {
+                org_id: org.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mine: Vec<&pb::AuditEvent> = audit
+        .events
+        .iter()
+        .filter(|e| e.target == format!("user:{user}"))
+        .collect();
+    assert!(mine.iter().any(|e| e.action == "user.sign_in_failed"));
+    assert!(mine.iter().any(|e| e.action == "user.signed_in"));
+    for e in &audit.events {
+        assert!(!e.after.contains(PASSWORD) && !e.after.contains("wrong"));
+    }
+    s.stop().await;
+}
+
+async fn signing_keys_rotate_and_old_ones_stay_until_tokens_expire(backend: Backend) {
+    let s = TestServer::spawn_with(backend, |c| {
+        cheap_hashing(c);
+        c.identity.key_rotation_secs = 3600;
+        c.identity.session_ttl_secs = 900;
+    })
+    .await;
+    let (org, owner) = s.org("Acme", "").await;
+    member_with_password(&s, &org, &owner, "member", "di@example.com", Some(PASSWORD))
+        .await
+        .unwrap();
+    let first = sign_in(&s, "di@example.com", PASSWORD, None)
+        .await
+        .unwrap()
+        .session_token;
+    let same = sign_in(&s, "di@example.com", PASSWORD, None)
+        .await
+        .unwrap()
+        .session_token;
+    assert_eq!(
+        kid(&first),
+        kid(&same),
+        "one key until it is due for rotation"
+    );
+    assert_eq!(jwks(&s).await.keys.len(), 1);
+
+    s.clock.advance(Duration::seconds(3601));
+    let second = sign_in(&s, "di@example.com", PASSWORD, None)
+        .await
+        .unwrap()
+        .session_token;
+    assert_ne!(
+        kid(&first),
+        kid(&second),
+        "a new key after the rotation period"
+    );
+    let set = jwks(&s).await;
+    assert_eq!(
+        set.keys.len(),
+        2,
+        "the old key stays while its tokens may be valid"
+    );
+    verify(&first, &set);
+    verify(&second, &set);
+
+    s.clock.advance(Duration::seconds(901));
+    let set = jwks(&s).await;
+    assert!(
+        set.find(&kid(&first)).is_none(),
+        "retired once its tokens expired"
+    );
+    verify(&second, &set);
+    s.stop().await;
+}
+
+/// The reset token from the newest password reset email in the outbox.
+async fn reset_token(s: &TestServer) -> String {
+    let row = outbox::Entity::find()
+        .filter(outbox::Column::Kind.eq("password_reset_email"))
+        .order_by_desc(outbox::Column::CreatedAt)
+        .order_by_desc(outbox::Column::Id)
+        .one(s.app().store.conn())
+        .await
+        .unwrap()
+        .expect("a reset email in the outbox");
+    let payload: serde_json::Value = serde_json::from_str(&row.payload).unwrap();
+    payload["token"].as_str().unwrap().to_owned()
+}
+
+async fn reset_count(s: &TestServer) -> usize {
+    outbox::Entity::find()
+        .filter(outbox::Column::Kind.eq("password_reset_email"))
+        .all(s.app().store.conn())
+        .await
+        .unwrap()
+        .len()
+}
+
+async fn request_reset(s: &TestServer, email: &str) {
+    identity(s)
+        .request_password_reset(pb::RequestPasswordResetRequest {
+            email: email.into(),
+        })
+        .await
+        .unwrap();
+}
+
+async fn reset(s: &TestServer, token: &str, password: &str) -> Result<(), tonic::Status> {
+    identity(s)
+        .reset_password(pb::ResetPasswordRequest {
+            token: token.into(),
+            new_password: password.into(),
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn password_reset_is_single_use_and_expires(backend: Backend) {
+    let s = TestServer::spawn_with(backend, |c| {
+        cheap_hashing(c);
+        c.identity.reset_ttl_secs = 3600;
+    })
+    .await;
+    let (org, owner) = s.org("Acme", "").await;
+    member_with_password(&s, &org, &owner, "member", "ed@example.com", Some(PASSWORD))
+        .await
+        .unwrap();
+
+    // Unknown emails answer the same and send nothing.
+    request_reset(&s, "nobody@example.com").await;
+    assert_eq!(reset_count(&s).await, 0);
+
+    request_reset(&s, "ed@example.com").await;
+    let older = reset_token(&s).await;
+    request_reset(&s, "ed@example.com").await;
+    let token = reset_token(&s).await;
+    assert_ne!(older, token);
+    assert_eq!(reset_count(&s).await, 2);
+
+    let err = unwrap_err(reset(&s, &token, "short").await);
+    assert_error(&err, Code::InvalidArgument, "PASSWORD_TOO_SHORT");
+    let new_password = "a brand new long passphrase";
+    reset(&s, &token, new_password).await.unwrap();
+    let err = unwrap_err(reset(&s, &token, "yet another long passphrase").await);
+    assert_error(&err, Code::NotFound, "RESET_TOKEN_INVALID");
+    let err = unwrap_err(reset(&s, &older, "yet another long passphrase").await);
+    assert_error(&err, Code::NotFound, "RESET_TOKEN_INVALID");
+    let err = unwrap_err(reset(&s, "made-up-token", "yet another long passphrase").await);
+    assert_error(&err, Code::NotFound, "RESET_TOKEN_INVALID");
+
+    let err = unwrap_err(sign_in(&s, "ed@example.com", PASSWORD, None).await);
+    assert_error(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    sign_in(&s, "ed@example.com", new_password, None)
+        .await
+        .unwrap();
+
+    // Expiry, on the injected clock.
+    request_reset(&s, "ed@example.com").await;
+    let late = reset_token(&s).await;
+    s.clock.advance(Duration::seconds(3601));
+    let err = unwrap_err(reset(&s, &late, "yet another long passphrase").await);
+    assert_error(&err, Code::NotFound, "RESET_TOKEN_INVALID");
+    s.stop().await;
+}
+
+async fn totp_enrolment_and_orgs_requiring_mfa(backend: Backend) {
+    let s = spawn(backend).await;
+    let (org, owner) = s.org("Acme", "").await;
+    let user = member_with_password(
+        &s,
+        &org,
+        &owner,
+        "member",
+        "fay@example.com",
+        Some(PASSWORD),
+    )
+    .await
+    .unwrap();
+
+    s.team
+        .clone()
+        .update_organization(as_actor(
+            &owner,
+            pb::UpdateOrganizationRequest {
+                org_id: org.clone(),
+                require_mfa: Some(true),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let c = s.check(&org, &user, "members.view").await;
+    assert!(!c.allowed);
+    assert_eq!(c.reason(), pb::Reason::MfaRequired);
+
+    // Only the user enrols themselves.
+    let err = unwrap_err(
+        identity(&s)
+            .enroll_totp(as_actor(
+                &owner,
+                pb::EnrollTotpRequest {
+                    user_id: user.clone(),
+                },
+            ))
+            .await,
+    );
+    assert_error(&err, Code::PermissionDenied, "NOT_THE_USER");
+    let enrolment = identity(&s)
+        .enroll_totp(as_actor(
+            &user,
+            pb::EnrollTotpRequest {
+                user_id: user.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(enrolment.otpauth_uri.starts_with("otpauth://totp/"));
+    assert!(enrolment.otpauth_uri.contains(&enrolment.secret));
+
+    // Not in force until confirmed.
+    sign_in(&s, "fay@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    let confirm = |code: String| {
+        let mut client = identity(&s);
+        let user = user.clone();
+        async move {
+            client
+                .confirm_totp(as_actor(
+                    &user,
+                    pb::ConfirmTotpRequest {
+                        user_id: user.clone(),
+                        code,
+                    },
+                ))
+                .await
+        }
+    };
+    let err = unwrap_err(confirm("000000".into()).await);
+    assert_error(&err, Code::InvalidArgument, "INVALID_CODE");
+    confirm(totp_code(&enrolment.secret, now(&s)))
+        .await
+        .unwrap();
+    assert!(
+        s.allowed(&org, &user, "members.view").await,
+        "enrolled: allowed again"
+    );
+
+    // Sign-in now needs a code; a used code does not work twice.
+    let err = unwrap_err(sign_in(&s, "fay@example.com", PASSWORD, None).await);
+    assert_error(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    s.clock.advance(Duration::seconds(30));
+    let code = totp_code(&enrolment.secret, now(&s));
+    let err = unwrap_err(
+        sign_in(
+            &s,
+            "fay@example.com",
+            "wrong password here",
+            Some(code.clone()),
+        )
+        .await,
+    );
+    assert_error(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    sign_in(&s, "fay@example.com", PASSWORD, Some(code.clone()))
+        .await
+        .unwrap();
+    let err = unwrap_err(sign_in(&s, "fay@example.com", PASSWORD, Some(code)).await);
+    assert_error(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
+
+    let got = identity(&s)
+        .get_user(pb::GetUserRequest {
+            user_ref: Some(pb::get_user_request::UserRef::UserId(user.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got.mfa_enabled);
+
+    // Disabling takes a current code and brings back the org's requirement.
+    s.clock.advance(Duration::seconds(30));
+    identity(&s)
+        .disable_totp(as_actor(
+            &user,
+            pb::DisableTotpRequest {
+                user_id: user.clone(),
+                code: totp_code(&enrolment.secret, now(&s)),
+            },
+        ))
+        .await
+        .unwrap();
+    let c = s.check(&org, &user, "members.view").await;
+    assert_eq!(c.reason(), pb::Reason::MfaRequired);
+    sign_in(&s, "fay@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+
+    // Turning the requirement off restores access.
+    s.team
+        .clone()
+        .update_organization(as_actor(
+            &owner,
+            pb::UpdateOrganizationRequest {
+                org_id: org.clone(),
+                require_mfa: Some(false),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(s.allowed(&org, &user, "members.view").await);
+    s.stop().await;
+}
