@@ -14,6 +14,7 @@ mod invitations;
 mod members;
 mod orgs;
 mod policies;
+mod races;
 mod roles;
 mod security;
 mod server;
