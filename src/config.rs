@@ -402,7 +402,9 @@ pub struct MailConfig {
     pub poll_interval_ms: u64,
     /// Retries back off exponentially from 1 s up to this.
     pub max_backoff_secs: u64,
-    /// One delivery attempt is abandoned (and retried later) after this long.
+    /// One delivery attempt is abandoned (and retried later) after this long. A message being
+    /// sent is hidden from other replicas for this plus 10 s, which is also how soon one whose
+    /// worker died mid-send is picked up again.
     pub send_timeout_ms: u64,
     pub smtp: SmtpConfig,
     pub webhook: WebhookConfig,
@@ -569,7 +571,7 @@ impl Default for MailConfig {
             sink: MailSinkKind::Log,
             poll_interval_ms: 500,
             max_backoff_secs: 3600,
-            send_timeout_ms: 30_000,
+            send_timeout_ms: 15_000,
             smtp: SmtpConfig::default(),
             webhook: WebhookConfig::default(),
         }
@@ -938,6 +940,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type
     fn numeric_env_values_stay_text() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("TEAMGATE__REDIS__KEY_PREFIX", "12345");
@@ -978,6 +981,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type
     fn telemetry_settings() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317");

@@ -235,23 +235,23 @@ impl DecisionCache {
             return;
         };
         self.local.raise_floor(org, version);
-        if let Some(redis) = &self.redis {
-            if let Err(e) = redis.publish_version(org_id, version).await {
-                self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, org_id, "could not publish an invalidation; retrying in the background");
-                let redis = redis.clone();
-                let org_id = org_id.to_owned();
-                tokio::spawn(async move {
-                    let mut wait = Duration::from_millis(100);
-                    loop {
-                        tokio::time::sleep(wait).await;
-                        if redis.publish_version(&org_id, version).await.is_ok() {
-                            return;
-                        }
-                        wait = (wait * 2).min(Duration::from_secs(5));
+        if let Some(redis) = &self.redis
+            && let Err(e) = redis.publish_version(org_id, version).await
+        {
+            self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, org_id, "could not publish an invalidation; retrying in the background");
+            let redis = redis.clone();
+            let org_id = org_id.to_owned();
+            tokio::spawn(async move {
+                let mut wait = Duration::from_millis(100);
+                loop {
+                    tokio::time::sleep(wait).await;
+                    if redis.publish_version(&org_id, version).await.is_ok() {
+                        return;
                     }
-                });
-            }
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            });
         }
     }
 
@@ -266,13 +266,16 @@ impl DecisionCache {
     pub fn export_metrics(&self, meter: &opentelemetry::metrics::Meter) {
         use opentelemetry::KeyValue;
         let stats = self.stats.clone();
+        let has_redis = self.redis.is_some();
         meter
             .u64_observable_counter("teamgate.cache.lookups")
             .with_description("Decision-cache lookups by the level that answered them")
             .with_callback(move |o| {
                 let level = |l: &'static str| [KeyValue::new("level", l)];
                 o.observe(stats.local_hits.load(Ordering::Relaxed), &level("local"));
-                o.observe(stats.redis_hits.load(Ordering::Relaxed), &level("redis"));
+                if has_redis {
+                    o.observe(stats.redis_hits.load(Ordering::Relaxed), &level("redis"));
+                }
                 let db =
                     stats.misses.load(Ordering::Relaxed) + stats.degraded.load(Ordering::Relaxed);
                 o.observe(db, &level("db"));

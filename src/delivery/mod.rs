@@ -74,7 +74,9 @@ pub struct WorkerSettings {
     pub poll_interval: Duration,
     pub batch: u64,
     pub max_backoff: Duration,
-    /// How long a claimed message is hidden from other workers while it is being sent.
+    /// How long a claimed message is hidden from other workers while it is being sent. Each
+    /// message is claimed just before its own attempt, so this only has to outlast one send;
+    /// it is also how long a message claimed by a worker that died waits to be picked up again.
     pub lease: Duration,
     /// One attempt is abandoned after this long; must be well below `lease`.
     pub send_timeout: Duration,
@@ -87,8 +89,8 @@ impl Default for WorkerSettings {
             poll_interval: Duration::from_millis(500),
             batch: 50,
             max_backoff: Duration::from_secs(3600),
-            lease: Duration::from_secs(300),
-            send_timeout: Duration::from_secs(30),
+            lease: Duration::from_secs(25),
+            send_timeout: Duration::from_secs(15),
             accept_url_base: String::new(),
         }
     }
@@ -100,7 +102,7 @@ impl WorkerSettings {
         WorkerSettings {
             poll_interval: Duration::from_millis(mail.poll_interval_ms),
             max_backoff: Duration::from_secs(mail.max_backoff_secs),
-            lease: (send_timeout * 2).max(Duration::from_secs(300)),
+            lease: send_timeout + Duration::from_secs(10),
             send_timeout,
             accept_url_base: accept_url_base.to_owned(),
             ..WorkerSettings::default()

@@ -461,6 +461,31 @@ max_members = 0
         assert!(err.to_string().contains("members.manage"), "{err}");
     }
 
+    proptest::proptest! {
+        /// Arbitrary text never panics the parser, and every problem it reports has a line
+        /// inside the file.
+        #[test]
+        fn arbitrary_input_never_panics(src in "\\PC{0,400}") {
+            if let Err(e) = Policy::parse(&src) {
+                let lines = src.lines().count().max(1);
+                for p in &e.problems {
+                    if let Some(l) = p.line {
+                        proptest::prop_assert!(l >= 1 && l <= lines + 1);
+                    }
+                }
+            }
+        }
+
+        /// Damaging the default policy at any point is reported, never a panic.
+        #[test]
+        fn damaged_default_never_panics(cut in 0usize..2000, junk in "[\\[\\]=\"a-z.*, \n]{0,20}") {
+            let mut src = DEFAULT_POLICY_TOML.to_owned();
+            let at = src.char_indices().map(|(i, _)| i).nth(cut % src.chars().count()).unwrap_or(0);
+            src.insert_str(at, &junk);
+            let _ = Policy::parse(&src);
+        }
+    }
+
     #[test]
     fn rejects_unknown_keys_with_line() {
         let src = format!("{DEFAULT_POLICY_TOML}\nsurprise = 1\n");

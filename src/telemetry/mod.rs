@@ -49,12 +49,15 @@ pub fn init_with(log: &LogConfig, telemetry: &TelemetryConfig) -> anyhow::Result
     let installed = install(&log.format, &log.filter, provider.clone());
     let guard = TelemetryGuard { provider };
     match (installed, &guard.provider, &telemetry.otlp_endpoint) {
-        (Ok(()), Some(_), Some(endpoint)) => {
-            tracing::info!(%endpoint, service = %telemetry.service_name, "exporting traces over OTLP")
-        }
-        (Err(e), Some(_), _) => {
-            tracing::warn!(error = %e, "a subscriber was already installed; traces are not exported")
-        }
+        (Ok(()), Some(_), Some(endpoint)) => tracing::info!(
+            %endpoint,
+            service = %telemetry.service_name,
+            "exporting traces over OTLP"
+        ),
+        (Err(e), Some(_), _) => tracing::warn!(
+            error = %e,
+            "a subscriber was already installed; traces are not exported"
+        ),
         _ => {}
     }
     Ok(guard)

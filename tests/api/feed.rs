@@ -462,7 +462,14 @@ async fn watching_needs_permission(backend: Backend) {
 /// A minimal HTTP/1.1 server: records each request, answers 500 to the first one.
 #[derive(Clone, Default)]
 struct Hook {
-    requests: Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>, u16)>>>,
+    requests: Arc<Mutex<Vec<Received>>>,
+}
+
+#[derive(Clone, Debug)]
+struct Received {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    status: u16,
 }
 
 impl Hook {
@@ -511,7 +518,11 @@ impl Hook {
                     let status = {
                         let mut reqs = hook.requests.lock().unwrap();
                         let status = if reqs.is_empty() { 500 } else { 200 };
-                        reqs.push((headers, body, status));
+                        reqs.push(Received {
+                            headers,
+                            body,
+                            status,
+                        });
                         status
                     };
                     let reason = if status == 200 {
@@ -553,7 +564,7 @@ async fn webhook_is_signed_and_retried(backend: Backend) {
     let deadline = tokio::time::Instant::now() + WAIT;
     let requests = loop {
         let reqs = hook.requests.lock().unwrap().clone();
-        if reqs.iter().filter(|r| r.2 == 200).count() >= 2 {
+        if reqs.iter().filter(|r| r.status == 200).count() >= 2 {
             break reqs;
         }
         assert!(
@@ -562,25 +573,26 @@ async fn webhook_is_signed_and_retried(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let header = |r: &(Vec<(String, String)>, Vec<u8>, u16), name: &str| {
-        r.0.iter()
+    let header = |r: &Received, name: &str| {
+        r.headers
+            .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| panic!("missing header {name}"))
     };
     // The first attempt got a 500 and was retried with the same delivery id.
-    assert_eq!(requests[0].2, 500);
-    assert_eq!(requests[1].2, 200);
+    assert_eq!(requests[0].status, 500);
+    assert_eq!(requests[1].status, 200);
     assert_eq!(
         header(&requests[0], "x-teamgate-delivery"),
         header(&requests[1], "x-teamgate-delivery")
     );
     let mut actions = Vec::new();
-    for r in requests.iter().filter(|r| r.2 == 200) {
+    for r in requests.iter().filter(|r| r.status == 200) {
         let ts = header(r, "x-teamgate-timestamp");
         let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
         mac.update(format!("{ts}.").as_bytes());
-        mac.update(&r.1);
+        mac.update(&r.body);
         let want: String = mac
             .finalize()
             .into_bytes()
@@ -589,7 +601,7 @@ async fn webhook_is_signed_and_retried(backend: Backend) {
             .collect();
         assert_eq!(header(r, "x-teamgate-signature"), format!("sha256={want}"));
         assert_eq!(header(r, "content-type"), "application/json");
-        let body: serde_json::Value = serde_json::from_slice(&r.1).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body["org_id"], org.as_str());
         assert_eq!(body["cursor"], header(r, "x-teamgate-delivery").as_str());
         assert!(

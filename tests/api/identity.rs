@@ -18,6 +18,7 @@ use crate::on_both_backends;
 on_both_backends!(
     users_can_be_read_renamed_disabled_and_enabled,
     passwords_set_on_accept_sign_in_and_tokens_verify,
+    hashes_are_upgraded_on_sign_in_when_parameters_change,
     sign_in_failures_look_alike_and_are_rate_limited,
     signing_keys_rotate_and_old_ones_stay_until_tokens_expire,
     password_reset_is_single_use_and_expires,
@@ -402,6 +403,61 @@ async fn passwords_set_on_accept_sign_in_and_tokens_verify(backend: Backend) {
         .await,
     );
     assert_error(&err, Code::FailedPrecondition, "PASSWORD_ALREADY_SET");
+    s.stop().await;
+}
+
+async fn stored_hash(s: &TestServer, user: &str) -> String {
+    teamgate::store::users::find(s.app().store.conn(), user)
+        .await
+        .unwrap()
+        .unwrap()
+        .password_hash
+        .unwrap()
+}
+
+async fn hashes_are_upgraded_on_sign_in_when_parameters_change(backend: Backend) {
+    let mut s = spawn(backend).await;
+    let (org, owner) = s.org("Acme", "").await;
+    let user = member_with_password(
+        &s,
+        &org,
+        &owner,
+        "member",
+        "gus@example.com",
+        Some(PASSWORD),
+    )
+    .await
+    .unwrap();
+    let before = stored_hash(&s, &user).await;
+    assert!(
+        before.starts_with("$argon2id$v=19$m=64,t=1,p=1$"),
+        "{before}"
+    );
+    assert!(!before.contains(PASSWORD));
+    sign_in(&s, "gus@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_hash(&s, &user).await,
+        before,
+        "current parameters: kept"
+    );
+
+    // Another replica configured with stronger parameters upgrades the hash on sign-in.
+    s.config.identity.argon2_iterations = 2;
+    let r = s.replica().await;
+    sign_in(&r, "gus@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    let after = stored_hash(&r, &user).await;
+    assert!(after.starts_with("$argon2id$v=19$m=64,t=2,p=1$"), "{after}");
+    sign_in(&r, "gus@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    sign_in(&s, "gus@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    r.stop().await;
     s.stop().await;
 }
 

@@ -26,6 +26,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as Number;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use teamgate::proto::teamgate::v1 as pb;
 use teamgate::proto::teamgate::v1::authz_service_client::AuthzServiceClient;
@@ -118,6 +119,14 @@ fn text(v: &Option<AnyValue>) -> String {
     }
 }
 
+fn number(v: &Option<Number>) -> f64 {
+    match v {
+        Some(Number::AsInt(i)) => *i as f64,
+        Some(Number::AsDouble(d)) => *d,
+        None => f64::NAN,
+    }
+}
+
 fn attrs(kvs: &[KeyValue]) -> HashMap<String, String> {
     kvs.iter()
         .map(|kv| (kv.key.clone(), text(&kv.value)))
@@ -193,22 +202,12 @@ impl Collector {
                         match &m.data {
                             Some(Data::Sum(s)) => {
                                 for p in &s.data_points {
-                                    let v = match p.value {
-                                        Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i)) => i as f64,
-                                        Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(d)) => d,
-                                        None => f64::NAN,
-                                    };
-                                    push("sum", &p.attributes, v);
+                                    push("sum", &p.attributes, number(&p.value));
                                 }
                             }
                             Some(Data::Gauge(g)) => {
                                 for p in &g.data_points {
-                                    let v = match p.value {
-                                        Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i)) => i as f64,
-                                        Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(d)) => d,
-                                        None => f64::NAN,
-                                    };
-                                    push("gauge", &p.attributes, v);
+                                    push("gauge", &p.attributes, number(&p.value));
                                 }
                             }
                             Some(Data::Histogram(h)) => {
@@ -412,7 +411,15 @@ async fn scrape(addr: SocketAddr) -> Vec<Sample> {
 
 #[test]
 fn the_text_format_parser_rejects_junk() {
-    let ok = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\",y=\"q\\\"\"} 3\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 2\nh_sum 0.5\nh_count 2\n";
+    let ok = concat!(
+        "# HELP a_total A.\n",
+        "# TYPE a_total counter\n",
+        "a_total{x=\"1\",y=\"q\\\"\"} 3\n",
+        "# TYPE h histogram\n",
+        "h_bucket{le=\"+Inf\"} 2\n",
+        "h_sum 0.5\n",
+        "h_count 2\n",
+    );
     let s = parse_prometheus(ok).unwrap();
     assert_eq!(s.len(), 4);
     assert_eq!(s[0].labels["y"], "q\"");

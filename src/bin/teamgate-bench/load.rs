@@ -19,6 +19,8 @@ use teamgate::proto::teamgate::v1::team_service_client::TeamServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::cpu::{Snapshot, Usage};
+
 /// The header naming the user on whose behalf a management call is made.
 pub const ACTOR_HEADER: &str = "x-actor-user-id";
 
@@ -130,6 +132,8 @@ pub struct LoadResult {
     pub errors: u64,
     pub first_error: Option<String>,
     pub measured: Duration,
+    /// How busy the machine was during the measured window.
+    pub cpu: Option<Usage>,
 }
 
 struct WorkerResult {
@@ -152,6 +156,13 @@ pub async fn run(
     let start = Instant::now();
     let measure_from = start + settings.warmup;
     let deadline = measure_from + settings.duration;
+    let sampler = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let before = Snapshot::take();
+        tokio::time::sleep_until(deadline.into()).await;
+        let after = Snapshot::take();
+        before.zip(after).and_then(|(a, b)| a.until(&b))
+    });
     let mut tasks = Vec::with_capacity(settings.concurrency);
     for w in 0..settings.concurrency.max(1) {
         let mut conn = conns[w % conns.len()].clone();
@@ -203,6 +214,7 @@ pub async fn run(
         errors: 0,
         first_error: None,
         measured: settings.duration,
+        cpu: None,
     };
     for task in tasks {
         let part = task.await.context("load worker")?;
@@ -216,6 +228,7 @@ pub async fn run(
             total.first_error = part.first_error;
         }
     }
+    total.cpu = sampler.await.context("CPU sampler")?;
     Ok(total)
 }
 

@@ -9,6 +9,7 @@
 //! `cargo build --release --bin teamgate --bin teamgate-bench && target/release/teamgate-bench`
 //! (or `bench/run.sh`); see `bench/README.md`.
 
+mod cpu;
 mod lag;
 mod load;
 mod machine;
@@ -252,7 +253,16 @@ impl Plan {
 }
 
 async fn bench(args: RunArgs) -> anyhow::Result<()> {
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let command = std::env::args()
+        .map(|a| {
+            if a.contains(char::is_whitespace) {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     let plan = Plan::new(args)?;
     if cfg!(debug_assertions) {
         log("warning: this is a debug build of teamgate-bench; use --release for real figures");
@@ -474,6 +484,7 @@ fn summarize(scenario: &str, r: &LoadResult, items: usize) -> Row {
         summary,
         writes,
         first_error: r.first_error.clone(),
+        cpu: r.cpu,
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::cpu::Usage;
 use crate::lag::LagReport;
 use crate::load::Summary;
 use crate::machine::Machine;
@@ -49,6 +50,9 @@ pub struct Row {
     pub writes: Option<Summary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// The machine's CPU use during the row; `others_pct` is what processes outside the
+    /// benchmark (not teamgate, the load generator, PostgreSQL or Redis) took.
+    pub cpu: Option<Usage>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -248,7 +252,7 @@ fn row_line(md: &mut String, label: &str, row: &Row) {
     let s = &row.summary;
     let _ = writeln!(
         md,
-        "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         thousands(s.requests as f64),
         thousands(s.requests_per_s),
         thousands(row.decisions_per_s),
@@ -257,7 +261,11 @@ fn row_line(md: &mut String, label: &str, row: &Row) {
         f(s.p99_ms, 3),
         f(s.p999_ms, 3),
         f(s.max_ms, 2),
-        s.errors
+        s.errors,
+        row.cpu.map_or_else(
+            || "?".to_owned(),
+            |c| format!("{:.0}% / {:.0}%", c.busy_pct, c.others_pct)
+        )
     );
 }
 
@@ -362,9 +370,12 @@ impl Report {
             );
             let _ = writeln!(
                 md,
-                "| scenario | requests | requests/s | decisions/s | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | errors |"
+                "| scenario | requests | requests/s | decisions/s | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | errors | CPU busy / others |"
             );
-            let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(
+                md,
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
             row_line(&mut md, "no-op server (before)", &b.noop_before);
             let mut rows = b.rows.iter();
             if let Some(first) = rows.next() {
@@ -376,7 +387,7 @@ impl Report {
                 if let Some(w) = &r.writes {
                     let _ = writeln!(
                         md,
-                        "| ↳ writes only | {} | {} | | {} | {} | {} | {} | {} | |",
+                        "| ↳ writes only | {} | {} | | {} | {} | {} | {} | {} | | |",
                         thousands(w.requests as f64),
                         f(w.requests_per_s, 1),
                         f(w.p50_ms, 3),
@@ -387,6 +398,13 @@ impl Report {
                     );
                 }
             }
+            let _ = writeln!(
+                md,
+                "\nCPU busy / others: the share of the machine's {} CPUs in use during the row, and \
+                 the share used by processes outside the benchmark (teamgate, the load generator, \
+                 PostgreSQL and Redis are the benchmark).",
+                m.nproc
+            );
             let r = &b.ratios;
             let _ = writeln!(
                 md,
