@@ -8,7 +8,7 @@
 
 use anyhow::Context;
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig};
+use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::PeriodicReader;
@@ -25,13 +25,13 @@ pub fn resource(service_name: &str) -> Resource {
 /// Spans batched and sent to `endpoint` (e.g. `http://otel-collector:4317`). Must be called
 /// inside a Tokio runtime: the gRPC channel's connection runs on it.
 pub fn tracer_provider(endpoint: &str, service_name: &str) -> anyhow::Result<SdkTracerProvider> {
-    let exporter = SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint)
-        .build()
-        .with_context(|| {
-            format!("telemetry.otlp_endpoint {endpoint}: building the span exporter")
-        })?;
+    let mut builder = SpanExporter::builder().with_tonic().with_endpoint(endpoint);
+    if let Some(tls) = tls_for(endpoint) {
+        builder = builder.with_tls_config(tls);
+    }
+    let exporter = builder.build().with_context(|| {
+        format!("telemetry.otlp_endpoint {endpoint}: building the span exporter")
+    })?;
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource(service_name))
@@ -41,14 +41,24 @@ pub fn tracer_provider(endpoint: &str, service_name: &str) -> anyhow::Result<Sdk
 /// Metrics collected periodically and sent to `endpoint`. Must be called inside a Tokio
 /// runtime, like [`tracer_provider`].
 pub fn metric_reader(endpoint: &str) -> anyhow::Result<PeriodicReader<MetricExporter>> {
-    let exporter = MetricExporter::builder()
+    let mut builder = MetricExporter::builder()
         .with_tonic()
-        .with_endpoint(endpoint)
-        .build()
-        .with_context(|| {
-            format!("telemetry.otlp_endpoint {endpoint}: building the metric exporter")
-        })?;
+        .with_endpoint(endpoint);
+    if let Some(tls) = tls_for(endpoint) {
+        builder = builder.with_tls_config(tls);
+    }
+    let exporter = builder.build().with_context(|| {
+        format!("telemetry.otlp_endpoint {endpoint}: building the metric exporter")
+    })?;
     Ok(PeriodicReader::builder(exporter).build())
+}
+
+/// TLS with the Web PKI roots for an `https://` collector (the exporter's own default for
+/// `https` trusts no root at all).
+fn tls_for(endpoint: &str) -> Option<tonic::transport::ClientTlsConfig> {
+    endpoint
+        .starts_with("https://")
+        .then(|| tonic::transport::ClientTlsConfig::new().with_enabled_roots())
 }
 
 /// Runs a blocking SDK shutdown from a synchronous context (a `Drop`). On a multi-threaded

@@ -141,7 +141,7 @@ async fn service_keys_and_scopes() {
 
 #[tokio::test]
 async fn rate_limit_per_key_and_load_shedding() {
-    let (slow, slow_cfg) = key("chatty", &["authz"], Some(5));
+    let (slow, slow_cfg) = key("chatty", &["authz"], Some(2));
     let s = TestServer::spawn_with(Backend::Sqlite, |c| c.auth.keys = vec![slow_cfg]).await;
     let org = uuid::Uuid::now_v7().to_string();
     let mut limited = 0;
