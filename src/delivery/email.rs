@@ -17,6 +17,47 @@ pub struct InvitationEmail {
     pub expires_at: String,
 }
 
+/// The outbox message kind for password reset emails (written by the identity use cases).
+pub const PASSWORD_RESET_EMAIL: &str = "password_reset_email";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PasswordResetEmail {
+    pub to: String,
+    #[serde(default)]
+    pub first_name: String,
+    pub reset_url: String,
+    pub expires_at: String,
+}
+
+impl PasswordResetEmail {
+    pub fn from_payload(raw: &str) -> Result<PasswordResetEmail, serde_json::Error> {
+        serde_json::from_str(raw)
+    }
+
+    pub fn render(&self) -> EmailMessage {
+        let greeting = if self.first_name.is_empty() {
+            "Hello".to_owned()
+        } else {
+            format!("Hello {}", self.first_name)
+        };
+        EmailMessage {
+            id: String::new(),
+            to: self.to.clone(),
+            subject: "Reset your teamgate password".into(),
+            text: format!(
+                "{greeting},\n\nSomeone asked to reset the password of this account. If it was you, open: {}\n\nThe link works once and expires at {}. If it was not you, ignore this email.\n",
+                self.reset_url, self.expires_at
+            ),
+            html: format!(
+                "<p>{}</p><p>Someone asked to reset the password of this account.</p><p><a href=\"{}\">Choose a new password</a></p><p>The link works once and expires at {}. If it was not you, ignore this email.</p>",
+                escape_html(&greeting),
+                escape_html(&self.reset_url),
+                escape_html(&self.expires_at)
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EmailMessage {
     /// A stable id for this message (the outbox id): the same on every retry, so receivers

@@ -24,7 +24,9 @@ use crate::domain::token::hash_secret;
 use crate::store::entities::outbox as outbox_entity;
 use crate::store::{Store, StoreError, invitations, orgs, outbox};
 
-pub use email::{EmailMessage, INVITATION_EMAIL, InvitationEmail};
+pub use email::{
+    EmailMessage, INVITATION_EMAIL, InvitationEmail, PASSWORD_RESET_EMAIL, PasswordResetEmail,
+};
 
 /// Where messages go.
 #[async_trait]
@@ -181,7 +183,7 @@ impl Worker {
     pub async fn deliver_due(&self) -> Result<usize, StoreError> {
         let now = self.clock.now();
         let due = outbox_entity::Entity::find()
-            .filter(outbox_entity::Column::Kind.eq(INVITATION_EMAIL))
+            .filter(outbox_entity::Column::Kind.is_in([INVITATION_EMAIL, PASSWORD_RESET_EMAIL]))
             .filter(outbox_entity::Column::DeliveredAt.is_null())
             .filter(outbox_entity::Column::NextAttemptAt.lte(now))
             .order_by_asc(outbox_entity::Column::NextAttemptAt)
@@ -205,7 +207,12 @@ impl Worker {
                 continue;
             }
             attempted += 1;
-            match self.attempt(&row.payload, &row.id).await? {
+            let outcome = if row.kind == PASSWORD_RESET_EMAIL {
+                self.attempt_reset(&row.payload, &row.id).await
+            } else {
+                self.attempt(&row.payload, &row.id).await?
+            };
+            match outcome {
                 Outcome::Delivered => {
                     tracing::info!(outbox_id = %row.id, sink = self.sink.name(), attempts = row.attempts + 1, "invitation email delivered");
                     outbox::mark_delivered(self.store.conn(), &row.id, self.clock.now()).await?;
@@ -223,6 +230,29 @@ impl Worker {
             }
         }
         Ok(attempted)
+    }
+
+    async fn attempt_reset(&self, payload: &str, outbox_id: &str) -> Outcome {
+        let reset = match PasswordResetEmail::from_payload(payload) {
+            Ok(r) => r,
+            Err(e) => return Outcome::Failed(format!("unreadable payload: {e}")),
+        };
+        let mut message = reset.render();
+        message.id = outbox_id.to_owned();
+        self.send(&message).await
+    }
+
+    async fn send(&self, message: &EmailMessage) -> Outcome {
+        let sent = tokio::time::timeout(self.settings.send_timeout, self.sink.send(message)).await;
+        match sent {
+            Ok(Ok(())) => Outcome::Delivered,
+            Ok(Err(e)) => Outcome::Failed(e),
+            Err(_) => Outcome::Failed(format!(
+                "{} sink did not answer within {} ms",
+                self.sink.name(),
+                self.settings.send_timeout.as_millis()
+            )),
+        }
     }
 
     async fn attempt(&self, payload: &str, outbox_id: &str) -> Result<Outcome, StoreError> {
@@ -247,16 +277,7 @@ impl Worker {
         }
         let mut message = inv.render(&self.settings.accept_url_base);
         message.id = outbox_id.to_owned();
-        let sent = tokio::time::timeout(self.settings.send_timeout, self.sink.send(&message)).await;
-        Ok(match sent {
-            Ok(Ok(())) => Outcome::Delivered,
-            Ok(Err(e)) => Outcome::Failed(e),
-            Err(_) => Outcome::Failed(format!(
-                "{} sink did not answer within {} ms",
-                self.sink.name(),
-                self.settings.send_timeout.as_millis()
-            )),
-        })
+        Ok(self.send(&message).await)
     }
 }
 

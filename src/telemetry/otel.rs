@@ -71,3 +71,40 @@ pub(crate) fn blocking_shutdown(f: impl FnOnce() -> OTelSdkResult) -> OTelSdkRes
         _ => f(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exporters_build_for_http_and_https() {
+        for endpoint in [
+            "http://127.0.0.1:4317",
+            "https://collector.example.com:4317",
+        ] {
+            let traces = tracer_provider(endpoint, "teamgate").unwrap();
+            let metrics = metric_reader(endpoint).unwrap();
+            drop(metrics);
+            tokio::task::spawn_blocking(move || traces.shutdown())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        assert!(tls_for("http://x:4317").is_none());
+        assert!(tls_for("https://x:4317").is_some());
+    }
+
+    #[test]
+    fn resource_names_the_service() {
+        let r = resource("svc");
+        let get = |k: &'static str| r.get(&opentelemetry::Key::from_static_str(k));
+        assert_eq!(
+            get("service.name").map(|v| v.to_string()),
+            Some("svc".into())
+        );
+        assert_eq!(
+            get("service.version").map(|v| v.to_string()),
+            Some(env!("CARGO_PKG_VERSION").into())
+        );
+    }
+}
