@@ -110,16 +110,6 @@ pub struct TelemetryGuard {
 }
 
 impl TelemetryGuard {
-    /// A guard that exports nothing (no endpoint configured, or a subcommand without traces).
-    pub fn disabled() -> TelemetryGuard {
-        TelemetryGuard { provider: None }
-    }
-
-    /// Whether spans are being exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Exports every buffered span, then stops the exporter. Runs the blocking SDK call off
     /// the async workers, which the gRPC exporter needs to make progress.
     pub async fn shutdown(mut self) {

@@ -459,17 +459,20 @@ async fn run_all(
         reports.push(report);
     }
 
-    let lag = if plan.lag {
-        let Some(db) = pg.as_ref() else {
-            anyhow::bail!("the PostgreSQL database was not created");
-        };
-        Some(
-            run_lag(plan, dataset, &db.url, work)
-                .await
-                .context("the cross-replica invalidation test")?,
-        )
-    } else {
-        None
+    // A failure here is reported, not fatal: the rows above are worth keeping.
+    let lag = match (plan.lag, pg.as_ref()) {
+        (true, Some(db)) => match run_lag(plan, dataset, &db.url, work).await {
+            Ok(report) => Some(report),
+            Err(e) => {
+                log(format!("the cross-replica invalidation test failed: {e:#}"));
+                notes.push(format!(
+                    "The cross-replica invalidation test failed: {}",
+                    format!("{e:#}").replace('\n', " ")
+                ));
+                None
+            }
+        },
+        _ => None,
     };
     noop.stop();
     Ok((reports, lag, notes))
@@ -690,9 +693,11 @@ async fn run_lag(
         redis: Some((plan.args.redis_url.clone(), prefix.clone())),
         cache_max_entries: plan.args.cache_max_entries,
     };
+    // One after the other: replicas starting at the same moment on one database race in
+    // start-up (built-in role sync) and one of them exits.
     let mut a = ServerProcess::spawn_teamgate(&plan.server_bin, &spec("replica-a"), work)?;
-    let mut b = ServerProcess::spawn_teamgate(&plan.server_bin, &spec("replica-b"), work)?;
     a.wait_healthy(Duration::from_secs(300)).await?;
+    let mut b = ServerProcess::spawn_teamgate(&plan.server_bin, &spec("replica-b"), work)?;
     b.wait_healthy(Duration::from_secs(300)).await?;
     // Both replicas subscribe to the invalidation channel (and agree on the epoch) in the
     // background after start-up; give them a moment.
