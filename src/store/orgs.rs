@@ -17,19 +17,7 @@ pub use organizations::Model as OrgRow;
 /// Locks a live org for the rest of the transaction and bumps its version; `None` when it
 /// does not exist or was deleted. Taking the row lock first serializes all writes to one org.
 pub async fn lock<C: ConnectionTrait>(c: &C, org_id: &str) -> Result<Option<OrgRow>, StoreError> {
-    let res = organizations::Entity::update_many()
-        .col_expr(
-            organizations::Column::Version,
-            Expr::col(organizations::Column::Version).add(1),
-        )
-        .filter(organizations::Column::Id.eq(org_id))
-        .filter(organizations::Column::DeletedAt.is_null())
-        .exec(c)
-        .await?;
-    if res.rows_affected == 0 {
-        return Ok(None);
-    }
-    find_live(c, org_id).await
+    lock_and_add(c, org_id, 1).await
 }
 
 /// Locks a live org for the rest of the transaction without bumping its version, for changes
@@ -38,10 +26,19 @@ pub async fn lock_unchanged<C: ConnectionTrait>(
     c: &C,
     org_id: &str,
 ) -> Result<Option<OrgRow>, StoreError> {
+    lock_and_add(c, org_id, 0).await
+}
+
+/// An UPDATE takes the row lock on PostgreSQL (SQLite writers are serialized already).
+async fn lock_and_add<C: ConnectionTrait>(
+    c: &C,
+    org_id: &str,
+    step: i64,
+) -> Result<Option<OrgRow>, StoreError> {
     let res = organizations::Entity::update_many()
         .col_expr(
             organizations::Column::Version,
-            Expr::col(organizations::Column::Version),
+            Expr::col(organizations::Column::Version).add(step),
         )
         .filter(organizations::Column::Id.eq(org_id))
         .filter(organizations::Column::DeletedAt.is_null())

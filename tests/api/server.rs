@@ -116,3 +116,59 @@ async fn data_survives_a_restart() {
     replica.stop().await;
     let _ = config;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_calls_and_refuses_new_ones() {
+    let mut s = TestServer::spawn(Backend::Sqlite).await;
+    let (org, owner) = s.org("Draining", "").await;
+    let items: Vec<pb::CheckItem> = (0..1000)
+        .map(|_| pb::CheckItem {
+            org_id: org.clone(),
+            user_id: owner.clone(),
+            permission: "members.view".into(),
+        })
+        .collect();
+    let fully = Some(pb::Consistency {
+        requirement: Some(pb::consistency::Requirement::FullyConsistent(true)),
+    });
+    // Calls in flight when the shutdown starts.
+    let in_flight: Vec<_> = (0..8)
+        .map(|_| {
+            let mut client = s.authz.clone();
+            let req = pb::BatchCheckRequest {
+                items: items.clone(),
+                consistency: fully.clone(),
+            };
+            tokio::spawn(async move { client.batch_check(req).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let running = s.running.take().unwrap();
+    running.shutdown().await.unwrap();
+    for call in in_flight {
+        let resp = call
+            .await
+            .unwrap()
+            .expect("an in-flight call finishes during the drain");
+        assert_eq!(resp.into_inner().results.len(), 1000);
+    }
+    // After the drain, new calls are refused.
+    let err = s
+        .authz
+        .clone()
+        .check(pb::CheckRequest {
+            org_id: org.clone(),
+            user_id: owner.clone(),
+            permission: "members.view".into(),
+            consistency: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        ),
+        "{err:?}"
+    );
+}

@@ -299,6 +299,15 @@ async fn bench(args: RunArgs) -> anyhow::Result<()> {
             Err(e) => log(format!("warning: could not drop database {name}: {e:#}")),
         }
     }
+    if plan.args.backends.contains(&Backend::PostgresRedis) {
+        let pattern = format!("bench-{}-*", std::process::id());
+        match delete_redis_keys(&plan.args.redis_url, &pattern).await {
+            Ok(n) => log(format!("deleted {n} Redis keys {pattern}")),
+            Err(e) => log(format!(
+                "warning: could not delete Redis keys {pattern}: {e:#}"
+            )),
+        }
+    }
     let (backends, lag, notes) = match outcome {
         Ok(r) => r,
         Err(e) => {
@@ -363,6 +372,37 @@ async fn bench(args: RunArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&work);
     }
     Ok(())
+}
+
+/// Deletes the keys this run left in Redis (entries expire anyway; the epoch key does not).
+async fn delete_redis_keys(url: &str, pattern: &str) -> anyhow::Result<u64> {
+    let client = redis::Client::open(url)?;
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .context("connecting to Redis timed out")??;
+    let mut cursor: u64 = 0;
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            let n: u64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await?;
+            deleted += n;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
+    }
 }
 
 fn rss_warm_members(plan: &Plan, dataset: &Dataset) -> usize {
