@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorizati
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -342,7 +342,8 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
         .add_service(identity)
         .add_service(ext_authz);
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
+        // Nagle's algorithm would hold small responses back for delayed ACKs (tens of ms).
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
         async move {
             let _ = rx.await;
         },

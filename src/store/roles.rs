@@ -89,6 +89,11 @@ pub async fn sync_built_in<C: ConnectionTrait>(
     policy: &Policy,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    if c.get_database_backend() == sea_orm::DbBackend::Postgres {
+        // Replicas starting together would otherwise race on the same rows.
+        c.execute_unprepared("SELECT pg_advisory_xact_lock(715004)")
+            .await?;
+    }
     roles::Entity::delete_many()
         .filter(roles::Column::OrgId.eq(BUILT_IN_ORG))
         .exec(c)
