@@ -300,10 +300,7 @@ impl App {
     ) -> AppResult<Page<InvitationView>> {
         let c = self.store.conn();
         let id = org_id.to_string();
-        orgs::find_live(c, &id)
-            .await?
-            .ok_or_else(|| org_not_found(&id))?;
-        self.authorize(c, ctx, &id, "members.view").await?;
+        self.readable_org(ctx, &id, "members.view").await?;
         let rows = invitations::list(
             c,
             &id,

@@ -30,10 +30,7 @@ impl App {
     ) -> AppResult<Page<MemberView>> {
         let c = self.store.conn();
         let id = org_id.to_string();
-        orgs::find_live(c, &id)
-            .await?
-            .ok_or_else(|| org_not_found(&id))?;
-        self.authorize(c, ctx, &id, "members.view").await?;
+        self.readable_org(ctx, &id, "members.view").await?;
         let rows = members::list(
             c,
             &id,
@@ -59,10 +56,7 @@ impl App {
     ) -> AppResult<MemberView> {
         let c = self.store.conn();
         let (org, user) = (org_id.to_string(), user_id.to_string());
-        orgs::find_live(c, &org)
-            .await?
-            .ok_or_else(|| org_not_found(&org))?;
-        self.authorize(c, ctx, &org, "members.view").await?;
+        self.readable_org(ctx, &org, "members.view").await?;
         let (membership, user_row) = members::find_with_user(c, &org, &user)
             .await?
             .ok_or_else(|| member_not_found(&org, &user))?;

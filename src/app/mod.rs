@@ -217,6 +217,21 @@ impl App {
         })
     }
 
+    /// For reads: the live org, once the actor is shown to hold `permission` in it.
+    pub(crate) async fn readable_org(
+        &self,
+        ctx: &RequestCtx,
+        org_id: &str,
+        permission: &str,
+    ) -> AppResult<OrgRow> {
+        let c = self.store.conn();
+        let org = store::orgs::find_live(c, org_id)
+            .await?
+            .ok_or_else(|| org_not_found(org_id))?;
+        self.authorize(c, ctx, org_id, permission).await?;
+        Ok(org)
+    }
+
     /// Establishes the actor as a member of `org_id` holding `permission`.
     pub(crate) async fn authorize<C: ConnectionTrait>(
         &self,

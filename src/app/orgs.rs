@@ -164,10 +164,7 @@ impl App {
     pub async fn get_org(&self, ctx: &RequestCtx, org_id: &OrgId) -> AppResult<OrgView> {
         let c = self.store.conn();
         let id = org_id.to_string();
-        let org = orgs::find_live(c, &id)
-            .await?
-            .ok_or_else(|| org_not_found(&id))?;
-        self.authorize(c, ctx, &id, "members.view").await?;
+        let org = self.readable_org(ctx, &id, "members.view").await?;
         let member_count = orgs::member_count(c, &id).await?;
         Ok(OrgView {
             row: org,

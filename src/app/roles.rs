@@ -51,10 +51,7 @@ impl App {
     pub async fn list_roles(&self, ctx: &RequestCtx, org_id: &OrgId) -> AppResult<Vec<RoleView>> {
         let c = self.store.conn();
         let id = org_id.to_string();
-        orgs::find_live(c, &id)
-            .await?
-            .ok_or_else(|| org_not_found(&id))?;
-        self.authorize(c, ctx, &id, "members.view").await?;
+        self.readable_org(ctx, &id, "members.view").await?;
         let mut out = Vec::new();
         let built_in = self.policy.roles().iter().map(|b| ResolvedRole {
             key: b.key.clone(),
