@@ -64,8 +64,9 @@ impl App {
             .into_iter()
             .map(|r| self.custom_role(r))
             .collect();
+        let counts = members::count_by_role(c, &id).await?;
         for role in built_in.chain(custom) {
-            let member_count = members::count_with_role(c, &id, &role.key).await?;
+            let member_count = counts.get(&role.key).copied().unwrap_or(0);
             out.push(RoleView { role, member_count });
         }
         Ok(out)

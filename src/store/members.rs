@@ -104,6 +104,32 @@ pub async fn count_with_role<C: ConnectionTrait>(
         .await?)
 }
 
+#[derive(Debug, sea_orm::FromQueryResult)]
+struct RoleCount {
+    role: String,
+    n: i64,
+}
+
+/// How many members hold each role in an org, in one query.
+pub async fn count_by_role<C: ConnectionTrait>(
+    c: &C,
+    org_id: &str,
+) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+    let rows = memberships::Entity::find()
+        .select_only()
+        .column(memberships::Column::Role)
+        .column_as(memberships::Column::UserId.count(), "n")
+        .filter(memberships::Column::OrgId.eq(org_id))
+        .group_by(memberships::Column::Role)
+        .into_model::<RoleCount>()
+        .all(c)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.role, u64::try_from(r.n).unwrap_or(0)))
+        .collect())
+}
+
 /// One page of an org's members (with their users), ordered by user id.
 pub async fn list<C: ConnectionTrait>(
     c: &C,
