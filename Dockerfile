@@ -3,8 +3,13 @@
 # teamgate container image.
 #
 #   docker build -t teamgate:dev .
-#   docker run --rm -p 127.0.0.1:50051:50051 teamgate:dev            # SQLite in /var/lib/teamgate
 #   docker run --rm teamgate:dev policy check /etc/teamgate/policies/default.toml
+#   # SQLite in /var/lib/teamgate, no service keys (local trial only: anyone reaching the port can
+#   # call every RPC; without keys teamgate refuses a non-loopback listener unless told so):
+#   docker run --rm -p 127.0.0.1:50051:50051 teamgate:dev serve --listen 0.0.0.0:50051 --insecure-allow-remote
+#
+# The default command listens on 0.0.0.0:50051, which needs [[auth.keys]] in the configuration
+# (see deploy/compose/teamgate.toml); deploy/compose.yaml and deploy/k8s/ show complete setups.
 #
 # The build needs no protoc (protox compiles proto/ in pure Rust), no OpenSSL (rustls) and no
 # system SQLite (libsqlite3-sys builds its bundled copy); a C compiler is still needed for that
@@ -81,14 +86,18 @@ RUN for f in /etc/teamgate/policies/*.toml; do teamgate policy check "$f" || exi
 WORKDIR /var/lib/teamgate
 USER 10001:10001
 
-# gRPC (the API, server reflection and grpc.health.v1.Health).
+# gRPC (the API, server reflection, grpc.health.v1.Health and Envoy ext_authz).
 EXPOSE 50051
-# Reserved for a future Prometheus metrics endpoint; nothing listens on it yet.
-# EXPOSE 9090
+# Prometheus text on /metrics, served only when telemetry.metrics_listen is set, e.g.
+# TEAMGATE__TELEMETRY__METRICS_LISTEN=0.0.0.0:9464 (the port deploy/compose.yaml and
+# deploy/k8s/ use).
+EXPOSE 9464
 
-# No HEALTHCHECK: the image has no gRPC client to call grpc.health.v1.Health/Check with.
-# Kubernetes uses its native gRPC probes instead (deploy/kubernetes/deployment.yaml); with plain
-# Docker, check from the outside, e.g. `grpc_health_probe -addr=127.0.0.1:50051`.
+# `teamgate health` calls grpc.health.v1.Health/Check over plaintext gRPC on 127.0.0.1:50051 and
+# exits 0 only when the server reports SERVING. If the server listens elsewhere or with TLS
+# (`[tls]`), override it (`--health-cmd` / a compose healthcheck with `--addr HOST:PORT`, or
+# none). Kubernetes ignores HEALTHCHECK and uses its native gRPC probes (deploy/k8s/deployment.yaml).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 CMD ["teamgate", "health"]
 
 # teamgate handles SIGTERM itself (marks itself NOT_SERVING, then drains in-flight calls for up
 # to server.drain_timeout_ms), so it runs as PID 1 without an init.

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `policy check`.
+//! The command line: `serve`, `migrate`, `health`, `keys hash`, `policy check`.
 
 use std::path::PathBuf;
 
@@ -23,6 +23,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply database migrations and exit.
     Migrate(CommonArgs),
+    /// Ask a running server whether it is serving (grpc.health.v1.Health/Check over plaintext
+    /// gRPC): exit 0 when SERVING, 1 otherwise. The container image's health check.
+    Health(HealthArgs),
     /// Work with service keys.
     Keys {
         #[command(subcommand)]
@@ -56,6 +59,19 @@ pub enum PolicyCommand {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The server's address.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// The health service name to ask about; the empty default is the whole server.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub service: String,
+    /// Give up (and report unhealthy) after this long.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Args)]

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use teamgate::cli::{Cli, Command, KeysCommand, PolicyCommand};
+use teamgate::cli::{Cli, Command, HealthArgs, KeysCommand, PolicyCommand};
 use teamgate::config::{Config, Overrides, redact_url};
 use teamgate::domain::clock::{Clock, SystemClock};
 use teamgate::domain::policy::Policy;
@@ -44,6 +44,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Health(args) => Ok(probe_health(&args).await),
         Command::Keys {
             command: KeysCommand::Hash,
         } => {
@@ -117,6 +118,43 @@ async fn check_drift(
     } else {
         eprintln!("{shown}: {report}");
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `teamgate health`: one Health/Check call. Prints the status so a failing container health
+/// check says why in `docker inspect`.
+async fn probe_health(args: &HealthArgs) -> ExitCode {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let timeout = std::time::Duration::from_millis(args.timeout_ms);
+    let call = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.addr))?
+            .connect_timeout(timeout)
+            .connect()
+            .await?;
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let request = HealthCheckRequest {
+            service: args.service.clone(),
+        };
+        anyhow::Ok(client.check(request).await?.into_inner().status)
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(status)) if status == ServingStatus::Serving as i32 => {
+            println!("SERVING");
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(status)) => {
+            let name = ServingStatus::try_from(status).map_or("UNKNOWN", |s| s.as_str_name());
+            println!("{name}");
+            ExitCode::FAILURE
+        }
+        Ok(Err(e)) => {
+            println!("unreachable: {e:#}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            println!("no answer within {} ms", args.timeout_ms);
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -71,6 +71,56 @@ async fn health_serves_then_drains() {
     s.stop().await;
 }
 
+/// `teamgate health`, the container image's health check: the real binary asks a real server.
+#[tokio::test]
+async fn health_command_reports_serving_and_unreachable() {
+    let s = TestServer::spawn(Backend::Sqlite).await;
+    let addr = s.running.as_ref().unwrap().addr;
+    // Off the runtime's thread: the server under test runs on it.
+    let probe = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_teamgate"))
+                .arg("health")
+                .args(args)
+                .output()
+        })
+        .await
+        .unwrap()
+    };
+
+    let up = probe(vec!["--addr".into(), addr.to_string()])
+        .await
+        .unwrap();
+    assert!(up.status.success(), "{up:?}");
+    assert_eq!(String::from_utf8_lossy(&up.stdout).trim(), "SERVING");
+
+    let unknown = probe(vec![
+        "--addr".into(),
+        addr.to_string(),
+        "--service".into(),
+        "no.such.Service".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
+
+    s.stop().await;
+    let down = probe(vec![
+        "--addr".into(),
+        addr.to_string(),
+        "--timeout-ms".into(),
+        "500".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(down.status.code(), Some(1), "{down:?}");
+    assert!(
+        String::from_utf8_lossy(&down.stdout).starts_with("unreachable")
+            || String::from_utf8_lossy(&down.stdout).starts_with("no answer"),
+        "{down:?}"
+    );
+}
+
 #[tokio::test]
 async fn request_ids_are_echoed_or_made() {
     let s = TestServer::spawn(Backend::Sqlite).await;

@@ -7,17 +7,21 @@
 //! after the cache-hit row, so the figures can also be read as ratios to it.
 //!
 //! `cargo build --release --bin teamgate --bin teamgate-bench && target/release/teamgate-bench`
-//! (or `bench/run.sh`); see `bench/README.md`.
+//! (or `bench/run.sh`); `teamgate-bench soak` (or `bench/soak.sh`) is the soak run of issue 7.
+//! See `bench/README.md`.
 
 mod cpu;
 mod lag;
 mod load;
 mod machine;
 mod noop;
+mod private;
 mod report;
 mod scenarios;
 mod seed;
 mod server;
+mod soak;
+mod soak_report;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -57,6 +61,10 @@ enum Sub {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// The soak run: mixed traffic for a bounded time against two replicas on a PostgreSQL and
+    /// a Redis of its own, with faults injected; reports errors by code, p99 and RSS over time
+    /// and reads back every acknowledged write.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -160,6 +168,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the Tokio runtime")?;
     match cli.command {
         Some(Sub::NoopServer { listen }) => runtime.block_on(noop::serve(listen)),
+        Some(Sub::Soak(args)) => runtime.block_on(soak::soak(args)),
         None => runtime.block_on(bench(cli.run)),
     }
 }

@@ -30,7 +30,7 @@ pub fn minimize_latency() -> Option<pb::Consistency> {
     })
 }
 
-fn fully_consistent() -> Option<pb::Consistency> {
+pub fn fully_consistent() -> Option<pb::Consistency> {
     Some(pb::Consistency {
         requirement: Some(Requirement::FullyConsistent(true)),
     })

@@ -63,7 +63,17 @@ impl ServerProcess {
         spec: &TeamgateSpec,
         log_dir: &Path,
     ) -> anyhow::Result<ServerProcess> {
-        let addr = free_addr()?;
+        Self::spawn_teamgate_on(bin, spec, free_addr()?, log_dir)
+    }
+
+    /// Starts teamgate on a given address: a restarted replica comes back where its clients'
+    /// channels reconnect to.
+    pub fn spawn_teamgate_on(
+        bin: &Path,
+        spec: &TeamgateSpec,
+        addr: SocketAddr,
+        log_dir: &Path,
+    ) -> anyhow::Result<ServerProcess> {
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .arg("--listen")
