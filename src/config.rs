@@ -790,6 +790,18 @@ impl Config {
                 "with no service keys configured teamgate only listens on loopback: add [[auth.keys]] or pass --insecure-allow-remote",
             );
         }
+        // An unset key means a random one per process: sealed TOTP secrets and signing keys
+        // would not survive a restart, nor be readable by another replica. Fine on a
+        // developer's loopback, not where others depend on it.
+        if self.identity.secret_key.expose().is_empty()
+            && !self.listen.ip().is_loopback()
+            && !self.auth.insecure_allow_remote
+        {
+            return range(
+                "identity.secret_key",
+                "must be set when listening beyond loopback (32 bytes in base64, e.g. `openssl rand -base64 32`, the same on every replica)",
+            );
+        }
         if self.redis.timeout_ms == 0 {
             return range("redis.timeout_ms", "must be at least 1");
         }
@@ -921,6 +933,30 @@ mod tests {
             format!("{:?}", c.mail.smtp.password),
             "Secret(***)",
             "secrets never print"
+        );
+    }
+
+    #[test]
+    fn remote_listeners_need_a_secret_key() {
+        let mut c = Config {
+            listen: "0.0.0.0:50051".parse().unwrap(),
+            ..Config::default()
+        };
+        c.auth.keys.push(ServiceKeyConfig {
+            name: "svc".into(),
+            hash: format!("sha256:{}", "0".repeat(64)),
+            scopes: vec![crate::api::auth::Scope::Authz],
+            rate_limit_per_sec: None,
+        });
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("identity.secret_key"), "{err}");
+        c.identity.secret_key = Secret::new("REVWLU9OTFkgdGVhbWdhdGUgY29tcG9zZSBrZXkhISE=");
+        assert!(c.validate().is_ok());
+        c.identity.secret_key = Secret::new("");
+        c.listen = "127.0.0.1:50051".parse().unwrap();
+        assert!(
+            c.validate().is_ok(),
+            "a loopback listener may use a per-process key"
         );
     }
 

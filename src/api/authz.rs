@@ -189,7 +189,8 @@ impl AuthzService for AuthzApi {
             .app
             .decisions
             .permission("permission", &req.permission)?;
-        let page = page_request("lookup", req.page_size, &req.page_token)?;
+        let scope = format!("{user}/{}", permission.as_str());
+        let page = page_request("lookup", &scope, req.page_size, &req.page_token)?;
         let page = self
             .app
             .decisions
@@ -197,7 +198,7 @@ impl AuthzService for AuthzApi {
             .await?;
         Ok(Response::new(pb::LookupOrganizationsResponse {
             org_ids: page.items,
-            next_page_token: next_token("lookup", page.next),
+            next_page_token: next_token("lookup", &scope, page.next),
         }))
     }
 }

@@ -153,13 +153,19 @@ impl IdentityService for IdentityApi {
         if let Some(code) = &req.totp_code {
             bounded("totp_code", code)?;
         }
-        if let Err(wait) = self.bad_callers.check(caller) {
+        // Counted as a failure while in flight, so a burst of concurrent attempts cannot
+        // overrun the caller's budget; given back unless it turns out to be one.
+        if let Err(wait) = self.bad_callers.try_acquire(caller) {
             return Err(too_many(wait));
         }
         let outcome = self
             .app
             .authenticate(&ctx, &req.email, &req.password, req.totp_code.as_deref())
             .await;
+        if !matches!(&outcome, Err(crate::app::AppError::Domain(d)) if d.reason() == "INVALID_CREDENTIALS")
+        {
+            self.bad_callers.refund(caller);
+        }
         match outcome {
             Ok(SignInOutcome::SignedIn(s)) => Ok(Response::new(pb::AuthenticateResponse {
                 user: Some(user(&s.user)),
@@ -167,13 +173,7 @@ impl IdentityService for IdentityApi {
                 expires_at: Some(timestamp(s.expires_at)),
             })),
             Ok(SignInOutcome::Throttled(wait)) => Err(too_many(wait)),
-            Err(e) => {
-                if matches!(&e, crate::app::AppError::Domain(d) if d.reason() == "INVALID_CREDENTIALS")
-                {
-                    self.bad_callers.record_failure(caller);
-                }
-                Err(e.into())
-            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -212,18 +212,17 @@ impl IdentityService for IdentityApi {
             .into());
         }
         let password = self.app.new_password("new_password", &req.new_password)?;
-        if let Err(wait) = self.bad_callers.check(caller) {
+        if let Err(wait) = self.bad_callers.try_acquire(caller) {
             return Err(too_many(wait));
         }
-        match self.app.reset_password(&ctx, token, password).await {
+        let outcome = self.app.reset_password(&ctx, token, password).await;
+        if !matches!(&outcome, Err(crate::app::AppError::Domain(d)) if d.reason() == "RESET_TOKEN_INVALID")
+        {
+            self.bad_callers.refund(caller);
+        }
+        match outcome {
             Ok(()) => Ok(Response::new(pb::ResetPasswordResponse {})),
-            Err(e) => {
-                if matches!(&e, crate::app::AppError::Domain(d) if d.reason() == "RESET_TOKEN_INVALID")
-                {
-                    self.bad_callers.record_failure(caller);
-                }
-                Err(e.into())
-            }
+            Err(e) => Err(e.into()),
         }
     }
 

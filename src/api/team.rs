@@ -169,7 +169,12 @@ impl TeamService for TeamApi {
         let ctx = ctx(&request)?;
         let req = request.into_inner();
         let user = user_id("user_id", &req.user_id)?;
-        let page = page_request("organizations", req.page_size, &req.page_token)?;
+        let page = page_request(
+            "organizations",
+            &user.to_string(),
+            req.page_size,
+            &req.page_token,
+        )?;
         let page = self.app.list_orgs(&ctx, &user, page).await?;
         Ok(Response::new(pb::ListOrganizationsResponse {
             organizations: page
@@ -180,7 +185,7 @@ impl TeamService for TeamApi {
                     role: role.clone(),
                 })
                 .collect(),
-            next_page_token: next_token("organizations", page.next),
+            next_page_token: next_token("organizations", &user.to_string(), page.next),
         }))
     }
 
@@ -192,11 +197,11 @@ impl TeamService for TeamApi {
         let req = request.into_inner();
         let id = org_id(&req.org_id)?;
         let role = optional_role("role", req.role.as_deref().unwrap_or(""))?;
-        let page = page_request("members", req.page_size, &req.page_token)?;
+        let page = page_request("members", &id.to_string(), req.page_size, &req.page_token)?;
         let page = self.app.list_members(&ctx, &id, role, page).await?;
         Ok(Response::new(pb::ListMembersResponse {
             members: page.items.iter().map(convert::member).collect(),
-            next_page_token: next_token("members", page.next),
+            next_page_token: next_token("members", &id.to_string(), page.next),
         }))
     }
 
@@ -305,11 +310,16 @@ impl TeamService for TeamApi {
                 .into());
             }
         };
-        let page = page_request("invitations", req.page_size, &req.page_token)?;
+        let page = page_request(
+            "invitations",
+            &id.to_string(),
+            req.page_size,
+            &req.page_token,
+        )?;
         let page = self.app.list_invitations(&ctx, &id, status, page).await?;
         Ok(Response::new(pb::ListInvitationsResponse {
             invitations: page.items.iter().map(convert::invitation).collect(),
-            next_page_token: next_token("invitations", page.next),
+            next_page_token: next_token("invitations", &id.to_string(), page.next),
         }))
     }
 
@@ -376,7 +386,9 @@ impl TeamService for TeamApi {
                 .flatten(),
             password_hash: None,
         };
-        if let Err(wait) = self.bad_tokens.check(caller) {
+        // Counted before the lookup and refunded unless the token was bad: concurrent guesses
+        // cannot all pass a check made before any of them is recorded.
+        if let Err(wait) = self.bad_tokens.try_acquire(caller) {
             return Err(with_reason(
                 tonic::Code::ResourceExhausted,
                 "TOO_MANY_ATTEMPTS",
@@ -387,16 +399,27 @@ impl TeamService for TeamApi {
         }
         // Hashed only once the caller is within its budget: hashing is deliberately costly.
         if let Some(p) = &password {
-            acceptance.password_hash = Some(self.app.hash_password(p).await?);
+            match self.app.hash_password(p).await {
+                Ok(hash) => acceptance.password_hash = Some(hash),
+                Err(e) => {
+                    self.bad_tokens.refund(caller);
+                    return Err(e.into());
+                }
+            }
         }
         let (member, org, token) = match self.app.accept_invitation(&ctx, secret, acceptance).await
         {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                self.bad_tokens.refund(caller);
+                accepted
+            }
             Err(AppError::Domain(e)) if e.reason() == "INVITATION_NOT_FOUND" => {
-                self.bad_tokens.record_failure(caller);
                 return Err(e.into());
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                self.bad_tokens.refund(caller);
+                return Err(e.into());
+            }
         };
         Ok(Response::new(pb::AcceptInvitationResponse {
             member: Some(convert::member(&member)),
@@ -512,11 +535,11 @@ impl TeamService for TeamApi {
             since: time("since", &req.since)?,
             until: time("until", &req.until)?,
         };
-        let page = page_request("audit", req.page_size, &req.page_token)?;
+        let page = page_request("audit", &id.to_string(), req.page_size, &req.page_token)?;
         let page = self.app.list_audit_events(&ctx, &id, filter, page).await?;
         Ok(Response::new(pb::ListAuditEventsResponse {
             events: page.items.iter().map(convert::audit_event).collect(),
-            next_page_token: next_token("audit", page.next),
+            next_page_token: next_token("audit", &id.to_string(), page.next),
         }))
     }
 

@@ -418,15 +418,22 @@ impl App {
             .unwrap_or_else(|_| email.trim().to_lowercase());
         let subject = hash_secret(&normalized);
         let now = self.now();
-        let c = self.store.conn();
+        // The attempt is recorded as a failure before the password is checked (a success
+        // clears it), under a lock on the subject: concurrent attempts cannot all pass the
+        // limit check before any of them is recorded.
+        let claim = self.store.write().await?;
+        ids_store::lock_subject(&*claim, &subject).await?;
         let (failures, oldest) =
-            ids_store::failures_since(c, &subject, now - settings.failure_window).await?;
+            ids_store::failures_since(&*claim, &subject, now - settings.failure_window).await?;
         if failures >= u64::from(settings.max_failures) {
             let wait = oldest
                 .map(|o| (o + settings.failure_window - now).num_seconds().max(1))
                 .unwrap_or(1);
             return Ok(SignInOutcome::Throttled(u64::try_from(wait).unwrap_or(1)));
         }
+        ids_store::record_failure(&*claim, EventId::generate().to_string(), &subject, now).await?;
+        claim.commit().await?;
+        let c = self.store.conn();
         let user = users::find_by_email(c, &normalized).await?;
         let verified = verify_blocking(
             settings.hash,
@@ -464,7 +471,6 @@ impl App {
             None => Vec::new(),
         };
         if let Some(why) = why {
-            ids_store::record_failure(&*tx, EventId::generate().to_string(), &subject, now).await?;
             if let Some(u) = &user {
                 self.audit_user(
                     &*tx,

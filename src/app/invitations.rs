@@ -96,24 +96,38 @@ impl BadTokenLimiter {
         }
     }
 
-    /// `Err(seconds to wait)` while the caller is over its budget.
-    pub fn check(&self, caller: Option<IpAddr>) -> Result<(), u64> {
+    /// `Err(seconds to wait)` while the caller is over its budget; otherwise the attempt is
+    /// counted, under the same lock, as a failure from the start, so concurrent attempts cannot all pass the check before any
+    /// of them is recorded. [`refund`](Self::refund) it when it turns out not to be one.
+    pub fn try_acquire(&self, caller: Option<IpAddr>) -> Result<(), u64> {
         let now = self.clock.now();
-        let callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
-        match callers.get(&caller) {
-            Some(w) if w.failures >= self.max_failures && now < w.started + self.window => {
-                let wait = (w.started + self.window - now).num_seconds().max(1);
-                Err(u64::try_from(wait).unwrap_or(1))
-            }
-            _ => Ok(()),
+        let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = callers.get(&caller)
+            && w.failures >= self.max_failures
+            && now < w.started + self.window
+        {
+            let wait = (w.started + self.window - now).num_seconds().max(1);
+            return Err(u64::try_from(wait).unwrap_or(1));
+        }
+        self.count_failure(&mut callers, caller, now);
+        Ok(())
+    }
+
+    /// Gives back an attempt taken by [`try_acquire`](Self::try_acquire) that did not fail.
+    pub fn refund(&self, caller: Option<IpAddr>) {
+        let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = callers.get_mut(&caller) {
+            w.failures = w.failures.saturating_sub(1);
         }
     }
 
-    /// Records one bad token from the caller.
-    pub fn record_failure(&self, caller: Option<IpAddr>) {
-        let now = self.clock.now();
+    fn count_failure(
+        &self,
+        callers: &mut HashMap<Option<IpAddr>, FailureWindow>,
+        caller: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) {
         let window = self.window;
-        let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
         if callers.len() >= LIMITER_SWEEP_AT {
             callers.retain(|_, w| now < w.started + window);
         }
@@ -480,24 +494,23 @@ impl App {
         let now = self.now();
         let user = match existing {
             Some(u) => {
-                if let Some(hash) = acceptance.password_hash {
-                    if u.password_hash.is_some() {
-                        return Err(DomainError::precondition(
+                // The token is a bearer secret that InviteMember also hands to the inviter: a
+                // password set with it on an existing account would let the inviter take over
+                // that person's sign-in everywhere. An existing account's password is set only
+                // through its own email (RequestPasswordReset).
+                if acceptance.password_hash.is_some() {
+                    return Err(if u.password_hash.is_some() {
+                        DomainError::precondition(
                             "PASSWORD_ALREADY_SET",
                             "this account already has a password: accept without one, or reset it with RequestPasswordReset",
                         )
-                        .into());
+                    } else {
+                        DomainError::precondition(
+                            "ACCOUNT_EXISTS",
+                            "this email already has an account: accept without a password, then set one with RequestPasswordReset",
+                        )
                     }
-                    crate::store::identity::update_user(
-                        &*tx,
-                        &u.id,
-                        crate::store::identity::UserChanges {
-                            password_hash: Some(hash),
-                            ..Default::default()
-                        },
-                        now,
-                    )
-                    .await?;
+                    .into());
                 }
                 u
             }
@@ -582,16 +595,23 @@ mod tests {
         let a = Some(IpAddr::from([10, 0, 0, 1]));
         let b = Some(IpAddr::from([10, 0, 0, 2]));
         for _ in 0..3 {
-            assert!(limiter.check(a).is_ok());
-            limiter.record_failure(a);
+            assert!(limiter.try_acquire(a).is_ok());
         }
-        assert_eq!(limiter.check(a), Err(300));
-        assert!(limiter.check(b).is_ok(), "other callers are not affected");
+        assert_eq!(limiter.try_acquire(a), Err(300));
+        assert!(
+            limiter.try_acquire(b).is_ok(),
+            "other callers are not affected"
+        );
+        limiter.refund(b);
         clock.advance(chrono::Duration::minutes(4));
-        assert_eq!(limiter.check(a), Err(60));
+        assert_eq!(limiter.try_acquire(a), Err(60));
+        limiter.refund(a);
+        assert_eq!(limiter.try_acquire(a), Ok(()), "a refund frees one attempt");
         clock.advance(chrono::Duration::minutes(1));
-        assert!(limiter.check(a).is_ok());
-        limiter.record_failure(a);
-        assert!(limiter.check(a).is_ok(), "a new window starts from zero");
+        assert!(limiter.try_acquire(a).is_ok());
+        assert!(
+            limiter.try_acquire(a).is_ok(),
+            "a new window starts from zero"
+        );
     }
 }

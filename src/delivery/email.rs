@@ -41,6 +41,7 @@ impl PasswordResetEmail {
             format!("Hello {}", self.first_name)
         };
         EmailMessage {
+            kind: PASSWORD_RESET_EMAIL,
             id: String::new(),
             to: self.to.clone(),
             subject: "Reset your teamgate password".into(),
@@ -60,6 +61,9 @@ impl PasswordResetEmail {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EmailMessage {
+    /// The outbox message kind (`invitation_email`, `password_reset_email`): the webhook's
+    /// `type`, and what the logs call it.
+    pub kind: &'static str,
     /// A stable id for this message (the outbox id): the same on every retry, so receivers
     /// can drop duplicates.
     pub id: String,
@@ -112,6 +116,7 @@ impl InvitationEmail {
             escape_html(&self.expires_at)
         );
         EmailMessage {
+            kind: INVITATION_EMAIL,
             id: String::new(),
             to: self.to.clone(),
             subject,

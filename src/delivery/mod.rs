@@ -43,8 +43,8 @@ pub struct LogSink;
 #[async_trait]
 impl Sink for LogSink {
     async fn send(&self, m: &EmailMessage) -> Result<(), String> {
-        tracing::info!(to = %m.to, subject = %m.subject, "invitation email delivered to the log sink");
-        tracing::debug!(to = %m.to, body = %m.text, "invitation email body");
+        tracing::info!(kind = m.kind, to = %m.to, subject = %m.subject, "email delivered to the log sink");
+        tracing::debug!(kind = m.kind, to = %m.to, body = %m.text, "email body");
         Ok(())
     }
 
@@ -214,7 +214,7 @@ impl Worker {
             };
             match outcome {
                 Outcome::Delivered => {
-                    tracing::info!(outbox_id = %row.id, sink = self.sink.name(), attempts = row.attempts + 1, "invitation email delivered");
+                    tracing::info!(outbox_id = %row.id, kind = %row.kind, sink = self.sink.name(), attempts = row.attempts + 1, "email delivered");
                     outbox::mark_delivered(self.store.conn(), &row.id, self.clock.now()).await?;
                 }
                 Outcome::Superseded(why) => {

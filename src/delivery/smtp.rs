@@ -135,6 +135,7 @@ mod tests {
     async fn message_has_both_bodies_and_a_stable_id() {
         let sink = SmtpSink::new(&config(SmtpTls::None), Duration::from_secs(1)).unwrap();
         let m = EmailMessage {
+            kind: crate::delivery::INVITATION_EMAIL,
             id: "0190-abc".into(),
             to: "ann@example.com".into(),
             subject: "Hi".into(),

@@ -18,7 +18,7 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 
-use super::{EmailMessage, INVITATION_EMAIL, Sink};
+use super::{EmailMessage, Sink};
 use crate::config::{Secret, WebhookConfig};
 use crate::domain::clock::Clock;
 
@@ -93,7 +93,7 @@ impl WebhookSink {
 impl Sink for WebhookSink {
     async fn send(&self, m: &EmailMessage) -> Result<(), String> {
         let body = serde_json::to_vec(&Body {
-            kind: INVITATION_EMAIL,
+            kind: m.kind,
             id: &m.id,
             to: &m.to,
             subject: &m.subject,

@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::error::DomainError;
+use super::names::is_invisible_or_bidi;
 use super::permission::truncate;
 
 const MAX_EMAIL_LEN: usize = 254;
@@ -39,6 +40,13 @@ impl Email {
             .any(|c| c.is_whitespace() || c.is_control())
         {
             return Err(invalid("it contains spaces or control characters"));
+        }
+        // Zero-width and bidi-control characters make an address render like another one (or
+        // backwards) in every list and email client; no real mailbox needs them.
+        if normalized.chars().any(is_invisible_or_bidi) {
+            return Err(invalid(
+                "it contains invisible or text-direction characters",
+            ));
         }
         // Display-name forms ("Ann <ann@x.com>") and domain literals are valid RFC 5322 but
         // are never what a person types into an invite box.
@@ -96,12 +104,112 @@ mod tests {
         }
     }
 
+    #[test]
+    fn look_alikes_are_distinct_or_rejected() {
+        let ascii = Email::parse("email", "admin@example.com").unwrap();
+        // Homoglyphs (Cyrillic а, Greek ο, fullwidth ａ) are internationalized addresses: each is
+        // accepted as an address of its own and never normalized onto the ASCII one.
+        for lookalike in [
+            "\u{0430}dmin@example.com",
+            "adm\u{0456}n@example.com",
+            "admin@exam\u{03BF}ple.com",
+            "\u{FF41}dmin@example.com",
+        ] {
+            let e = Email::parse("email", lookalike).unwrap();
+            assert_ne!(e, ascii, "{lookalike:?}");
+        }
+        // A fullwidth @ is no separator at all.
+        assert!(Email::parse("email", "admin\u{FF20}example.com").is_err());
+        // Invisible and bidi-control characters are refused wherever they are.
+        for hidden in [
+            "a\u{200B}dmin@example.com",
+            "admin@example.com\u{202E}",
+            "\u{2066}admin@example.com",
+            "admin\u{FEFF}@example.com",
+            "admin@exa\u{00AD}mple.com",
+            "admin\u{E0041}@example.com",
+        ] {
+            let err = Email::parse("email", hidden).unwrap_err();
+            assert_eq!(err.reason(), "INVALID_EMAIL", "{hidden:?}");
+        }
+        // Unicode case folding that lands on ASCII (the Kelvin sign) is the same address, so it
+        // can never pose as a second account beside `kim@example.com`.
+        assert_eq!(
+            Email::parse("email", "\u{212A}im@example.com")
+                .unwrap()
+                .as_str(),
+            "kim@example.com"
+        );
+    }
+
+    /// A plausible ASCII address, sometimes valid.
+    fn ascii_email() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9._%+'-]{1,30}@[a-zA-Z0-9-]{1,20}(\\.[a-zA-Z]{2,6}){0,2}"
+    }
+
     proptest! {
         #[test]
         fn parse_never_panics_and_is_idempotent(s in "\\PC{0,300}") {
             if let Ok(e) = Email::parse("email", &s) {
                 let again = Email::parse("email", e.as_str()).unwrap();
                 prop_assert_eq!(again, e);
+            }
+        }
+
+        /// Any string at all (control characters, surrogates' neighbours, very long) is either
+        /// refused or normalized: trimmed, lower-cased, at most 254 bytes, one `@`, no
+        /// whitespace, control, invisible or bidi characters.
+        #[test]
+        fn arbitrary_strings_are_refused_or_normalized(
+            s in prop_oneof![any::<String>(), "\\PC{0,40}@\\PC{0,40}", ".{250,400}"],
+        ) {
+            if let Ok(e) = Email::parse("email", &s) {
+                let v = e.as_str();
+                prop_assert_eq!(v, s.trim().to_lowercase());
+                prop_assert!(v.len() <= MAX_EMAIL_LEN);
+                prop_assert!(v.contains('@'));
+                prop_assert!(!v.chars().any(|c| c.is_whitespace()
+                    || c.is_control()
+                    || is_invisible_or_bidi(c)));
+                prop_assert_eq!(Email::parse("email", v).unwrap(), e.clone());
+            }
+        }
+
+        /// Case and surrounding whitespace never make a second identity out of an address.
+        #[test]
+        fn case_and_padding_do_not_matter(
+            s in ascii_email(),
+            flips in proptest::collection::vec(any::<bool>(), 80),
+            pad in "[ \t\n]{0,3}",
+        ) {
+            if let Ok(e) = Email::parse("email", &s) {
+                let shouted: String = e
+                    .as_str()
+                    .chars()
+                    .zip(flips.iter().cycle())
+                    .map(|(c, &up)| if up { c.to_ascii_uppercase() } else { c })
+                    .collect();
+                let again = Email::parse("email", &format!("{pad}{shouted}{pad}")).unwrap();
+                prop_assert_eq!(again, e);
+            }
+        }
+
+        /// An invisible or bidi-control character anywhere in a valid address is refused.
+        #[test]
+        fn hidden_characters_are_refused(
+            s in ascii_email(),
+            at in 0usize..80,
+            hidden in prop::sample::select(vec![
+                '\u{200B}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202E}', '\u{2060}',
+                '\u{2066}', '\u{2069}', '\u{FEFF}', '\u{00AD}', '\u{061C}', '\u{E0020}',
+            ]),
+        ) {
+            if Email::parse("email", &s).is_ok() {
+                let mut chars: Vec<char> = s.chars().collect();
+                let at = at % (chars.len() + 1);
+                chars.insert(at, hidden);
+                let tampered: String = chars.into_iter().collect();
+                prop_assert!(Email::parse("email", &tampered).is_err(), "{:?}", tampered);
             }
         }
     }

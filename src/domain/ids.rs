@@ -65,6 +65,7 @@ uuid_id!(EventId, "an audit event");
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn parses_and_prints_canonically() {
@@ -84,5 +85,65 @@ mod tests {
         assert!(matches!(err, DomainError::Invalid { ref field, .. } if field == "user_id"));
         let err = UserId::parse("user_id", "").unwrap_err();
         assert_eq!(err.reason(), "MISSING_FIELD");
+    }
+
+    #[test]
+    fn refuses_injection_and_look_alikes() {
+        let id = OrgId::generate().to_string();
+        for raw in [
+            format!("{id}' OR '1'='1"),
+            format!("{id};--"),
+            format!("{id}%"),
+            format!(" {id}"),
+            id.replace('-', "\u{2010}"),
+            id.replacen('0', "\u{FF10}", 1),
+            format!("{id}\u{200B}"),
+            "%".into(),
+        ] {
+            assert_eq!(
+                OrgId::parse("org_id", &raw).unwrap_err().reason(),
+                "INVALID_ID",
+                "{raw:?}"
+            );
+        }
+    }
+
+    proptest! {
+        /// Arbitrary strings never panic; whatever is accepted prints canonically (lower-case,
+        /// hyphenated), and that form re-parses to the same id, for every id type.
+        #[test]
+        fn never_panics_and_round_trips(
+            raw in prop_oneof![
+                any::<String>(),
+                "[0-9a-fA-F-]{30,40}",
+                "(urn:uuid:|\\{)?[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\\}?",
+            ],
+        ) {
+            match OrgId::parse("org_id", &raw) {
+                Ok(id) => {
+                    let printed = id.to_string();
+                    prop_assert_eq!(printed.len(), 36);
+                    prop_assert!(printed.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f' | '-')));
+                    prop_assert_eq!(OrgId::parse("org_id", &printed).unwrap(), id);
+                    prop_assert_eq!(OrgId::from_stored(&printed), Some(id));
+                }
+                Err(e) => prop_assert!(["MISSING_FIELD", "INVALID_ID"].contains(&e.reason())),
+            }
+            let user = UserId::parse("user_id", &raw);
+            prop_assert_eq!(user.is_ok(), OrgId::parse("org_id", &raw).is_ok());
+            if let Err(DomainError::Invalid { field, .. }) = user {
+                prop_assert_eq!(field, "user_id");
+            }
+        }
+
+        /// Any UUID, in any case, parses to itself.
+        #[test]
+        fn every_uuid_round_trips(bits in any::<u128>(), upper in any::<bool>()) {
+            let u = Uuid::from_u128(bits);
+            let text = if upper { u.to_string().to_uppercase() } else { u.to_string() };
+            let id = InvitationId::parse("invitation_id", &text).unwrap();
+            prop_assert_eq!(id.as_uuid(), u);
+            prop_assert_eq!(id.to_string(), u.hyphenated().to_string());
+        }
     }
 }

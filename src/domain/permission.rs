@@ -147,6 +147,30 @@ mod tests {
             }
         }
 
+        /// Any string at all (control characters, arbitrary Unicode, longer than the limit) is
+        /// refused or accepted unchanged; an accepted name is at most 128 bytes of lower-case
+        /// `area.action` segments and re-parses to itself.
+        #[test]
+        fn arbitrary_strings_are_refused_or_well_formed(
+            s in prop_oneof![
+                any::<String>(),
+                "[a-z][a-z0-9_-]{0,70}(\\.[a-z][a-z0-9_-]{0,70}){1,3}",
+                "[a-zA-Z0-9._ %'\u{0430}\u{200B}-]{0,40}",
+            ],
+        ) {
+            if let Ok(p) = Permission::parse(&s) {
+                prop_assert!(p.as_str().len() <= MAX_PERMISSION_LEN);
+                prop_assert!(p.as_str().contains('.'));
+                prop_assert!(p.as_str().split('.').all(is_segment));
+                prop_assert!(p.as_str().is_ascii());
+                prop_assert_eq!(Permission::parse(p.as_str()).unwrap(), p);
+            } else {
+                prop_assert!(
+                    s.len() > MAX_PERMISSION_LEN || !s.contains('.') || !s.split('.').all(is_segment)
+                );
+            }
+        }
+
         #[test]
         fn truncate_is_char_safe(s in "\\PC{0,100}", n in 0usize..80) {
             let t = truncate(&s, n);

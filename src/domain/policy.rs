@@ -484,6 +484,43 @@ max_members = 0
             src.insert_str(at, &junk);
             let _ = Policy::parse(&src);
         }
+
+        /// Arbitrary strings (quotes, newlines, Unicode, TOML syntax) put where a permission
+        /// name, a role key and a display name go are refused with problems, or admitted only
+        /// when valid: a parsed policy never holds a malformed permission or role key.
+        #[test]
+        fn hostile_names_are_refused_or_valid(
+            perm in proptest::prop_oneof![
+                proptest::arbitrary::any::<String>(),
+                "[a-z]{1,6}\\.[a-z]{1,6}",
+                "[a-z\"'.\\\\\n=\\[\\] \u{0430}\u{202E}]{0,20}",
+            ],
+            key in proptest::prop_oneof![
+                proptest::arbitrary::any::<String>(),
+                "[a-z][a-z0-9_-]{0,10}",
+                "[a-zA-Z0-9\"'.%_\\\\ \u{0430}\u{200B}-]{0,20}",
+            ],
+            display in "\\PC{0,30}",
+        ) {
+            let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+            let mut src = DEFAULT_POLICY_TOML
+                .replacen("\"reports.view\",", &format!("\"reports.view\", {},", q(&perm)), 1);
+            src.push_str(&format!(
+                "\n[[roles]]\nkey = {}\ndisplay_name = {}\npermissions = [{}]\n",
+                q(&key),
+                q(&display),
+                q(&perm)
+            ));
+            if let Ok(policy) = Policy::parse(&src) {
+                for p in policy.catalog() {
+                    proptest::prop_assert_eq!(Permission::parse(p.as_str()).unwrap(), p.clone());
+                }
+                for r in policy.roles() {
+                    proptest::prop_assert!(super::super::roles::RoleKey::parse(&r.key).is_ok(), "{:?}", r.key);
+                }
+                proptest::prop_assert!(policy.built_in(&key).is_some());
+            }
+        }
     }
 
     #[test]

@@ -188,6 +188,7 @@ pub fn parse_permissions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn role(key: &str, perms: &[&str]) -> ResolvedRole {
         ResolvedRole {
@@ -236,8 +237,71 @@ mod tests {
     #[test]
     fn role_keys() {
         assert!(RoleKey::parse("finance_ops-2").is_ok());
-        for bad in ["", "Finance", "1x", "a b", &"a".repeat(64)] {
-            assert!(RoleKey::parse(bad).is_err(), "{bad}");
+        for bad in [
+            "",
+            "Finance",
+            "1x",
+            "a b",
+            &"a".repeat(64),
+            "admin'--",
+            "admin%",
+            "adm_n\\",
+            "\u{0430}dmin",
+            "admin\u{200B}",
+            "\u{FF41}dmin",
+        ] {
+            assert_eq!(
+                RoleKey::parse(bad).unwrap_err().reason(),
+                "INVALID_ROLE_KEY",
+                "{bad:?}"
+            );
+        }
+        assert!(RoleKey::parse(&"a".repeat(63)).is_ok());
+    }
+
+    proptest! {
+        /// Arbitrary strings never panic; accepted keys match `[a-z][a-z0-9_-]{0,62}`, are
+        /// exactly the input, and re-parse to themselves.
+        #[test]
+        fn role_key_never_panics_and_round_trips(
+            raw in prop_oneof![
+                any::<String>(),
+                "[a-z][a-z0-9_-]{0,70}",
+                "[a-zA-Z0-9_ %'\\-]{0,70}",
+                proptest::collection::vec(any::<char>(), 60..70)
+                    .prop_map(|v| v.into_iter().collect::<String>()),
+            ],
+        ) {
+            if let Ok(k) = RoleKey::parse(&raw) {
+                prop_assert_eq!(k.as_str(), raw.as_str());
+                prop_assert!((1..=63).contains(&k.as_str().len()));
+                prop_assert!(k.as_str().starts_with(|c: char| c.is_ascii_lowercase()));
+                prop_assert!(k.as_str().chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-')));
+                prop_assert_eq!(RoleKey::parse(k.as_str()).unwrap(), k.clone());
+                prop_assert_eq!(k.to_string(), raw);
+            }
+        }
+
+        /// Every key of the documented shape is accepted.
+        #[test]
+        fn every_well_formed_key_is_accepted(raw in "[a-z][a-z0-9_-]{0,62}") {
+            prop_assert!(RoleKey::parse(&raw).is_ok());
+        }
+
+        /// `parse_permissions` never panics on arbitrary names and never lets an unknown or
+        /// malformed name through.
+        #[test]
+        fn parse_permissions_only_admits_known(
+            raw in proptest::collection::vec(
+                prop_oneof![any::<String>(), "[a-z]{1,8}\\.[a-z]{1,8}"],
+                0..6,
+            ),
+        ) {
+            let known = |p: &Permission| p.as_str() == "members.view";
+            if let Ok(set) = parse_permissions(&raw, known) {
+                prop_assert!(set.iter().all(|p| p.as_str() == "members.view"));
+                prop_assert!(raw.iter().all(|r| r == "members.view"));
+            }
         }
     }
 

@@ -20,6 +20,8 @@ on_both_backends!(
     passwords_set_on_accept_sign_in_and_tokens_verify,
     hashes_are_upgraded_on_sign_in_when_parameters_change,
     sign_in_failures_look_alike_and_are_rate_limited,
+    sign_in_failures_are_limited_per_caller_across_accounts,
+    concurrent_sign_in_failures_stay_within_the_account_limit,
     signing_keys_rotate_and_old_ones_stay_until_tokens_expire,
     password_reset_is_single_use_and_expires,
     totp_enrolment_and_orgs_requiring_mfa,
@@ -135,7 +137,7 @@ fn kid(token: &str) -> String {
     jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
 }
 
-fn totp_code(secret_b32: &str, at: chrono::DateTime<chrono::Utc>) -> String {
+pub(crate) fn totp_code(secret_b32: &str, at: chrono::DateTime<chrono::Utc>) -> String {
     let secret = data_encoding::BASE32_NOPAD
         .decode(secret_b32.as_bytes())
         .unwrap();
@@ -403,6 +405,44 @@ async fn passwords_set_on_accept_sign_in_and_tokens_verify(backend: Backend) {
         .await,
     );
     assert_error(&err, Code::FailedPrecondition, "PASSWORD_ALREADY_SET");
+
+    // Nor for an account without one: the inviter holds the token, so the password would be
+    // theirs. An admin of another org invites the owner of Gamma (made by CreateOrganization,
+    // so passwordless) and accepts with a password of their choosing: refused, nothing joins,
+    // and that password signs nobody in.
+    let (_gamma, victim) = s.org("Gamma", "").await;
+    let victim_email = identity(&s)
+        .get_user(pb::GetUserRequest {
+            user_ref: Some(pb::get_user_request::UserRef::UserId(victim.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .email;
+    let err = unwrap_err(
+        member_with_password(
+            &s,
+            &org2,
+            &owner2,
+            "member",
+            &victim_email,
+            Some("the inviter's passphrase"),
+        )
+        .await,
+    );
+    assert_error(&err, Code::FailedPrecondition, "ACCOUNT_EXISTS");
+    let denied = sign_in(&s, &victim_email, "the inviter's passphrase", None)
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::Unauthenticated);
+    assert!(
+        teamgate::store::users::find(s.app().store.conn(), &victim)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash
+            .is_none()
+    );
     s.stop().await;
 }
 
@@ -538,6 +578,251 @@ async fn sign_in_failures_look_alike_and_are_rate_limited(backend: Backend) {
     for e in &audit.events {
         assert!(!e.after.contains(PASSWORD) && !e.after.contains("wrong"));
     }
+    s.stop().await;
+}
+
+/// Failed sign-ins (and bad reset tokens) one caller address may make in ten minutes,
+/// whatever accounts they name (`IdentityApi`: 50 per 10 minutes, not configurable).
+const PER_CALLER_FAILURES: usize = 50;
+
+/// A channel to `s` whose connections come from `local` (another loopback address), so the
+/// server sees another caller.
+async fn channel_from(s: &TestServer, local: std::net::IpAddr) -> Channel {
+    let server = s.running.as_ref().unwrap().addr;
+    tonic::transport::Endpoint::from_shared(format!("http://{server}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(std::net::SocketAddr::new(local, 0))?;
+            let stream = socket.connect(server).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }))
+        .await
+        .expect("connects from another loopback address")
+}
+
+async fn audit_actions(
+    s: &TestServer,
+    org: &str,
+    owner: &str,
+    action: &str,
+) -> Vec<pb::AuditEvent> {
+    s.team
+        .clone()
+        .list_audit_events(as_actor(
+            owner,
+            pb::ListAuditEventsRequest {
+                org_id: org.into(),
+                action: Some(action.into()),
+                page_size: 500,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+}
+
+async fn sign_in_failures_are_limited_per_caller_across_accounts(backend: Backend) {
+    let s = TestServer::spawn_with(backend, |c| {
+        cheap_hashing(c);
+        // Far below the per-caller budget, to show that it is never what refuses here.
+        c.identity.max_failed_sign_ins = 3;
+        c.identity.failure_window_secs = 600;
+    })
+    .await;
+    let (org, owner) = s.org("Acme", "team").await;
+    let mut accounts = Vec::new();
+    for i in 0..5 {
+        let email = format!("real-{i}@example.com");
+        let id = member_with_password(&s, &org, &owner, "member", &email, Some(PASSWORD))
+            .await
+            .unwrap();
+        accounts.push((email, id));
+    }
+
+    // One caller, one failure per account: no account reaches its own limit (3), but the
+    // caller reaches its budget.
+    for i in 0..PER_CALLER_FAILURES {
+        let email = match accounts.get(i) {
+            Some((email, _)) => email.clone(),
+            None => format!("guess-{i}-{}@example.com", uuid::Uuid::now_v7().simple()),
+        };
+        let err = unwrap_err(sign_in(&s, &email, "not the password at all", None).await);
+        assert_error(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    }
+    let err = unwrap_err(sign_in(&s, "one-more@example.com", "not it either", None).await);
+    assert_error(&err, Code::ResourceExhausted, "TOO_MANY_ATTEMPTS");
+    assert!(err.message().contains("retry in"), "{err:?}");
+    // Held off whatever it sends, even a right password for an account under its own limit.
+    let (first_email, first_id) = &accounts[0];
+    let err = unwrap_err(sign_in(&s, first_email, PASSWORD, None).await);
+    assert_error(&err, Code::ResourceExhausted, "TOO_MANY_ATTEMPTS");
+    // Reset tokens share the caller's budget.
+    let err = unwrap_err(reset(&s, "made-up-token", "yet another long passphrase").await);
+    assert_error(&err, Code::ResourceExhausted, "TOO_MANY_ATTEMPTS");
+
+    // Another caller is not held off: it signs in, and its failures still read as failures.
+    let mut other = IdentityServiceClient::new(channel_from(&s, [127, 0, 0, 2].into()).await);
+    let signed_in = other
+        .authenticate(pb::AuthenticateRequest {
+            email: first_email.clone(),
+            password: PASSWORD.into(),
+            totp_code: None,
+        })
+        .await
+        .expect("another caller signs in")
+        .into_inner();
+    assert_eq!(signed_in.user.unwrap().id, *first_id);
+    let err = unwrap_err(
+        other
+            .authenticate(pb::AuthenticateRequest {
+                email: "someone-else@example.com".into(),
+                password: "not the password at all".into(),
+                totp_code: None,
+            })
+            .await,
+    );
+    assert_error(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
+
+    // Each account's failure is audited once; the refused attempts are neither failures
+    // nor sign-ins of the account (the only sign-in is the other caller's).
+    let failed = audit_actions(&s, &org, &owner, "user.sign_in_failed").await;
+    for (_, id) in &accounts {
+        let mine: Vec<&pb::AuditEvent> = failed
+            .iter()
+            .filter(|e| e.target == format!("user:{id}"))
+            .collect();
+        assert_eq!(mine.len(), 1, "{id}: {failed:?}");
+        assert!(mine[0].after.contains("password"), "{:?}", mine[0]);
+        assert!(!mine[0].after.contains("not the password"), "{:?}", mine[0]);
+    }
+    assert_eq!(failed.len(), accounts.len(), "{failed:?}");
+    let signed = audit_actions(&s, &org, &owner, "user.signed_in").await;
+    assert_eq!(signed.len(), 1, "{signed:?}");
+    assert_eq!(signed[0].target, format!("user:{first_id}"));
+
+    // A burst of concurrent failures from a third caller gets no more than the budget: the
+    // attempts in flight count against it, not only the finished ones.
+    let burst = IdentityServiceClient::new(channel_from(&s, [127, 0, 0, 3].into()).await);
+    let codes = concurrent_failures(&burst, 2 * PER_CALLER_FAILURES, |i| {
+        format!("burst-{i}-{}@example.com", uuid::Uuid::now_v7().simple())
+    })
+    .await;
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| **c == Code::Unauthenticated)
+            .count(),
+        PER_CALLER_FAILURES,
+        "{codes:?}"
+    );
+    assert!(
+        codes
+            .iter()
+            .all(|c| matches!(c, Code::Unauthenticated | Code::ResourceExhausted)),
+        "{codes:?}"
+    );
+
+    // Once the window has passed the caller may sign in again.
+    s.clock.advance(Duration::seconds(601));
+    sign_in(&s, &accounts[1].0, PASSWORD, None).await.unwrap();
+    s.stop().await;
+}
+
+/// `n` wrong-password sign-ins sent at once (attempt `i` names `email(i)`); their status codes.
+async fn concurrent_failures(
+    client: &IdentityServiceClient<Channel>,
+    n: usize,
+    email: impl Fn(usize) -> String,
+) -> Vec<Code> {
+    let attempts = (0..n).map(|i| {
+        let mut client = client.clone();
+        let email = email(i);
+        tokio::spawn(async move {
+            client
+                .authenticate(pb::AuthenticateRequest {
+                    email,
+                    password: "not the password at all".into(),
+                    totp_code: None,
+                })
+                .await
+                .map(|_| ())
+        })
+    });
+    let mut codes = Vec::new();
+    for attempt in futures::future::join_all(attempts).await {
+        match attempt.unwrap() {
+            Ok(()) => panic!("a wrong password signed in"),
+            Err(status) => codes.push(status.code()),
+        }
+    }
+    codes
+}
+
+async fn concurrent_sign_in_failures_stay_within_the_account_limit(backend: Backend) {
+    let s = TestServer::spawn_with(backend, |c| {
+        cheap_hashing(c);
+        c.identity.max_failed_sign_ins = 3;
+        c.identity.failure_window_secs = 600;
+    })
+    .await;
+    let (org, owner) = s.org("Acme", "").await;
+    let user = member_with_password(
+        &s,
+        &org,
+        &owner,
+        "member",
+        "hal@example.com",
+        Some(PASSWORD),
+    )
+    .await
+    .unwrap();
+
+    // Thirty guesses at once (within the caller's budget): three are checked, the rest are
+    // refused before any password is looked at.
+    let codes = concurrent_failures(&identity(&s), 30, |_| "hal@example.com".into()).await;
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| **c == Code::Unauthenticated)
+            .count(),
+        3,
+        "{codes:?}"
+    );
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| **c == Code::ResourceExhausted)
+            .count(),
+        27,
+        "{codes:?}"
+    );
+    let failed = audit_actions(&s, &org, &owner, "user.sign_in_failed").await;
+    assert_eq!(
+        failed
+            .iter()
+            .filter(|e| e.target == format!("user:{user}"))
+            .count(),
+        3,
+        "{failed:?}"
+    );
+    let err = unwrap_err(sign_in(&s, "hal@example.com", PASSWORD, None).await);
+    assert_error(&err, Code::ResourceExhausted, "TOO_MANY_ATTEMPTS");
+
+    // After the window the right password works, and a success clears the count.
+    s.clock.advance(Duration::seconds(601));
+    sign_in(&s, "hal@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let err = unwrap_err(sign_in(&s, "hal@example.com", "still not it", None).await);
+        assert_error(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    }
+    sign_in(&s, "hal@example.com", PASSWORD, None)
+        .await
+        .unwrap();
     s.stop().await;
 }
 

@@ -24,7 +24,9 @@ use crate::private::{OwnPostgres, OwnRedis};
 use crate::scenarios::{PERMISSIONS, at_least_as_fresh, fully_consistent, minimize_latency};
 use crate::seed::{self, Dataset};
 use crate::server::{ServerProcess, TeamgateSpec, free_addr};
-use crate::soak_report::{Event, Outcome, RssSample, SoakReport, Verification, Window};
+use crate::soak_report::{
+    Event, KILL_EVENT, Outcome, RssSample, SevereError, SoakReport, Verification, Window,
+};
 
 #[derive(Debug, Clone, Args)]
 pub struct SoakArgs {
@@ -92,7 +94,17 @@ impl Shared {
 /// What one window saw from one worker.
 struct WindowStats {
     latency: Histogram<u64>,
+    reads_ok: u64,
     errors: BTreeMap<String, u64>,
+}
+
+/// Readers only ask cached questions; writers change data and ask `fully_consistent` ones.
+/// Separate pools, as in a real deployment, so a database outage that stalls the writers
+/// shows whether the readers keep being answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pool {
+    Reader,
+    Writer,
 }
 
 /// A member whose role the soak flips: the last acknowledged role and the attempts since,
@@ -112,10 +124,15 @@ struct WorkerLog {
     role_writes: u64,
     invitations: Vec<(usize, String, String)>,
     unacked_invitations: Vec<(usize, String)>,
+    /// The first message seen per "<replica> <code>".
+    error_examples: BTreeMap<String, String>,
+    /// INTERNAL and UNKNOWN answers, with when they came.
+    severe: Vec<SevereError>,
 }
 
 struct Worker {
     id: usize,
+    pool: Pool,
     replica: &'static str,
     conn: Conn,
     rng: SmallRng,
@@ -123,10 +140,23 @@ struct Worker {
     own_orgs: Vec<usize>,
     log: WorkerLog,
     sent_invitations: usize,
+    /// Set after a failure that says the replica is unreachable: real clients back off
+    /// instead of spinning on instant connection errors.
+    back_off: bool,
 }
 
 impl Worker {
     fn record(&mut self, sent: Instant, outcome: &Result<(), tonic::Status>) -> anyhow::Result<()> {
+        let read = !matches!(self.pool, Pool::Writer);
+        self.record_kind(sent, outcome, read)
+    }
+
+    fn record_kind(
+        &mut self,
+        sent: Instant,
+        outcome: &Result<(), tonic::Status>,
+        read: bool,
+    ) -> anyhow::Result<()> {
         let w = self.shared.window_of(sent);
         if self.log.windows.len() <= w {
             self.log.windows.resize_with(w + 1, || None);
@@ -135,18 +165,41 @@ impl Worker {
             Some(s) => s,
             slot => slot.insert(WindowStats {
                 latency: new_histogram()?,
+                reads_ok: 0,
                 errors: BTreeMap::new(),
             }),
         };
         match outcome {
-            Ok(()) => stats
-                .latency
-                .saturating_record(u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX)),
+            Ok(()) => {
+                stats.latency.saturating_record(
+                    u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                );
+                stats.reads_ok += u64::from(read);
+            }
             Err(status) => {
-                *stats
-                    .errors
-                    .entry(format!("{} {:?}", self.replica, status.code()))
-                    .or_default() += 1;
+                let key = format!("{} {:?}", self.replica, status.code());
+                *stats.errors.entry(key.clone()).or_default() += 1;
+                let code = status.code();
+                if matches!(code, tonic::Code::Internal | tonic::Code::Unknown)
+                    && self.log.severe.len() < 100
+                {
+                    self.log.severe.push(SevereError {
+                        t_s: sent
+                            .saturating_duration_since(self.shared.started)
+                            .as_secs_f64(),
+                        replica: self.replica.to_owned(),
+                        code: format!("{code:?}"),
+                        message: status.message().chars().take(200).collect(),
+                    });
+                }
+                self.log
+                    .error_examples
+                    .entry(key)
+                    .or_insert_with(|| status.message().chars().take(200).collect());
+                self.back_off = matches!(
+                    code,
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                );
             }
         }
         Ok(())
@@ -340,17 +393,16 @@ impl Worker {
 
     async fn run(mut self) -> anyhow::Result<WorkerLog> {
         while Instant::now() < self.shared.deadline {
+            if std::mem::take(&mut self.back_off) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             let roll: f64 = self.rng.random();
-            if roll < 0.70 {
-                self.check(minimize_latency()).await?;
-            } else if roll < 0.80 {
-                self.check(fully_consistent()).await?;
-            } else if roll < 0.88 {
-                self.batch().await?;
-            } else if roll < 0.95 {
-                self.toggle().await?;
-            } else {
-                self.invite().await?;
+            match self.pool {
+                Pool::Reader if roll < 0.85 => self.check(minimize_latency()).await?,
+                Pool::Reader => self.batch().await?,
+                Pool::Writer if roll < 0.40 => self.check(fully_consistent()).await?,
+                Pool::Writer if roll < 0.75 => self.toggle().await?,
+                Pool::Writer => self.invite().await?,
             }
         }
         Ok(self.log)
@@ -481,7 +533,7 @@ impl Faults {
         let addr = b.addr;
         b.stop();
         self.b.pid.store(0, Ordering::Relaxed);
-        self.event("replica B SIGKILLed", String::new());
+        self.event(KILL_EVENT, String::new());
         self.b.restarts += 1;
         let spec = TeamgateSpec {
             name: format!("{}-{}", self.spec_b.name, self.b.restarts),
@@ -516,10 +568,13 @@ impl Faults {
 
 pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.members >= 3, "--members must be at least 3");
-    anyhow::ensure!(args.concurrency >= 2, "--concurrency must be at least 2");
+    anyhow::ensure!(
+        args.concurrency >= 12,
+        "--concurrency must be at least 12 (readers and writers on both replicas)"
+    );
     anyhow::ensure!(
         args.orgs >= args.concurrency,
-        "--orgs must be at least --concurrency (each worker writes to orgs of its own)"
+        "--orgs must be at least --concurrency (each writer writes to orgs of its own)"
     );
     let duration = Duration::try_from_secs_f64(args.minutes * 60.0)
         .ok()
@@ -581,24 +636,45 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
 
     let conn_a = Conn::open(a.addr).await?;
     let conn_b = Conn::open(b.addr).await?;
+    // Alternate replicas; within each, about three in eight workers write.
+    let pools: Vec<Pool> = (0..args.concurrency)
+        .map(|id| {
+            if (id / 2) % 8 >= 5 {
+                Pool::Writer
+            } else {
+                Pool::Reader
+            }
+        })
+        .collect();
+    let writers: Vec<usize> = (0..args.concurrency)
+        .filter(|&id| pools[id] == Pool::Writer)
+        .collect();
     let mut workers = Vec::new();
-    for id in 0..args.concurrency {
+    for (id, &pool) in pools.iter().enumerate() {
         let (replica, conn) = if id % 2 == 0 {
             ("A", conn_a.clone())
         } else {
             ("B", conn_b.clone())
         };
+        // Each writer owns a share of the orgs, so the writes to one member are sequential
+        // and "the last acknowledged role" means something.
+        let own_orgs = match writers.iter().position(|&w| w == id) {
+            Some(k) => (0..shared.dataset.orgs.len())
+                .filter(|o| o % writers.len() == k)
+                .collect(),
+            None => Vec::new(),
+        };
         let worker = Worker {
             id,
+            pool,
             replica,
             conn,
             rng: SmallRng::seed_from_u64(args.seed ^ ((id as u64 + 1) * 0x9E37_79B9_7F4A_7C15)),
-            own_orgs: (0..shared.dataset.orgs.len())
-                .filter(|o| o % args.concurrency == id)
-                .collect(),
+            own_orgs,
             shared: shared.clone(),
             log: WorkerLog::default(),
             sent_invitations: 0,
+            back_off: false,
         };
         workers.push(tokio::spawn(worker.run()));
     }
@@ -662,6 +738,13 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
 
     let windows = merge_windows(&logs, window)?;
     let wrong_answers = logs.iter().map(|l| l.wrong).sum();
+    let severe: Vec<SevereError> = logs.iter().flat_map(|l| l.severe.clone()).collect();
+    let mut error_examples = BTreeMap::new();
+    for l in &logs {
+        for (k, v) in &l.error_examples {
+            error_examples.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
     let report = SoakReport {
         started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -672,10 +755,18 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
         orgs: args.orgs,
         members: args.members,
         faults_injected: !args.no_faults,
-        outcome: Outcome::of(&windows, &rss, &verification, wrong_answers, a_alive),
+        outcome: Outcome::of(
+            &windows,
+            &rss,
+            &verification,
+            (wrong_answers, &severe, &faults.events),
+            a_alive,
+        ),
         windows,
         rss,
         events: faults.events,
+        error_examples,
+        severe,
         verification,
         wrong_answers,
         wrong_examples: logs
@@ -697,14 +788,16 @@ fn merge_windows(logs: &[WorkerLog], window: Duration) -> anyhow::Result<Vec<Win
     let mut out = Vec::with_capacity(n);
     for w in 0..n {
         let mut latency = new_histogram()?;
+        let mut reads_ok = 0;
         let mut errors = BTreeMap::new();
         for stats in logs.iter().filter_map(|l| l.windows.get(w)?.as_ref()) {
             latency.add(&stats.latency).context("merging histograms")?;
+            reads_ok += stats.reads_ok;
             for (code, n) in &stats.errors {
                 *errors.entry(code.clone()).or_default() += n;
             }
         }
-        out.push(Window::of(w, window, &latency, errors));
+        out.push(Window::of(w, window, &latency, reads_ok, errors));
     }
     Ok(out)
 }

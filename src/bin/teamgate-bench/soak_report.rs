@@ -19,6 +19,8 @@ pub struct Window {
     pub t_end_s: f64,
     pub ok: u64,
     pub requests_per_s: f64,
+    /// Answered reads (the reader pool's cached Checks and BatchChecks) per second.
+    pub reads_per_s: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
@@ -31,6 +33,7 @@ impl Window {
         index: usize,
         length: Duration,
         latency: &Histogram<u64>,
+        reads_ok: u64,
         errors: BTreeMap<String, u64>,
     ) -> Window {
         let q = |p: f64| latency.value_at_quantile(p) as f64 / NS_PER_MS;
@@ -38,6 +41,7 @@ impl Window {
             t_end_s: (index as f64 + 1.0) * length.as_secs_f64(),
             ok: latency.len(),
             requests_per_s: latency.len() as f64 / length.as_secs_f64(),
+            reads_per_s: reads_ok as f64 / length.as_secs_f64(),
             p50_ms: q(0.50),
             p99_ms: q(0.99),
             max_ms: latency.max() as f64 / NS_PER_MS,
@@ -58,6 +62,30 @@ pub struct RssSample {
     /// Replica B is killed and restarted by the fault schedule.
     pub b_mib: Option<f64>,
 }
+
+/// An INTERNAL or UNKNOWN answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct SevereError {
+    pub t_s: f64,
+    pub replica: String,
+    pub code: String,
+    pub message: String,
+}
+
+/// How long after replica B is SIGKILLed its clients may see the cut connections as UNKNOWN
+/// (tonic's code for a transport error mid-call): the kill, not teamgate, answered those.
+const KILL_GRACE_S: f64 = 3.0;
+
+impl SevereError {
+    fn caused_by_a_kill(&self, events: &[Event]) -> bool {
+        self.replica == "B"
+            && events
+                .iter()
+                .any(|e| e.what == KILL_EVENT && (self.t_s - e.t_s).abs() <= KILL_GRACE_S)
+    }
+}
+
+pub const KILL_EVENT: &str = "replica B SIGKILLed";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
@@ -98,6 +126,12 @@ pub struct Outcome {
     pub rss_a_slope_mib_per_min_second_half: f64,
     pub lost_writes: u64,
     pub wrong_answers: u64,
+    /// INTERNAL/UNKNOWN answers not explained by a replica being killed mid-call.
+    pub unexplained_severe_errors: u64,
+    /// The lowest reads/s of a window that overlaps a PostgreSQL outage, and the median
+    /// reads/s of all windows.
+    pub reads_per_s_worst_during_postgres_outage: f64,
+    pub reads_per_s_median: f64,
     pub replica_a_alive_at_end: bool,
     pub verdicts: Vec<String>,
     pub passed: bool,
@@ -132,7 +166,7 @@ impl Outcome {
         windows: &[Window],
         rss: &[RssSample],
         v: &Verification,
-        wrong_answers: u64,
+        (wrong_answers, severe, events): (u64, &[SevereError], &[Event]),
         replica_a_alive_at_end: bool,
     ) -> Outcome {
         let mut errors_by_code = BTreeMap::new();
@@ -180,15 +214,53 @@ impl Outcome {
             replica_a_alive_at_end,
             "replica A (never killed) survived every fault".into(),
         );
-        let internal: u64 = errors_by_code
+        let unexplained = severe
             .iter()
-            .filter(|(code, _)| code.ends_with("Internal") || code.ends_with("Unknown"))
-            .map(|(_, n)| n)
-            .sum();
+            .filter(|e| !e.caused_by_a_kill(events))
+            .count() as u64;
         judge(
-            internal == 0,
-            format!("no INTERNAL or UNKNOWN errors: {internal}"),
+            unexplained == 0,
+            format!(
+                "no INTERNAL or UNKNOWN answer from teamgate: {unexplained} (of {} seen; the rest are calls cut by the SIGKILL of replica B)",
+                severe.len()
+            ),
         );
+        // Windows [t_end - len, t_end] that overlap an outage [stopped, started].
+        let outages: Vec<(f64, f64)> = events
+            .iter()
+            .filter(|e| e.what == "postgres stopped")
+            .filter_map(|stop| {
+                let start = events
+                    .iter()
+                    .find(|e| e.what == "postgres started" && e.t_s > stop.t_s)?;
+                Some((stop.t_s, start.t_s))
+            })
+            .collect();
+        let length = windows.first().map_or(1.0, |w| w.t_end_s);
+        let during: Vec<f64> = windows
+            .iter()
+            .filter(|w| {
+                outages
+                    .iter()
+                    .any(|&(a, b)| w.t_end_s - length < b && w.t_end_s > a)
+            })
+            .map(|w| w.reads_per_s)
+            .collect();
+        let reads_median = median(windows.iter().map(|w| w.reads_per_s).collect());
+        let reads_worst = during.iter().copied().fold(f64::INFINITY, f64::min);
+        let reads_worst = if reads_worst.is_finite() {
+            reads_worst
+        } else {
+            0.0
+        };
+        if !outages.is_empty() {
+            judge(
+                reads_worst >= 0.25 * reads_median,
+                format!(
+                    "cached reads kept answering while PostgreSQL was down: {reads_worst:.0} reads/s in the worst outage window, {reads_median:.0} median (limit: a quarter of the median)"
+                ),
+            );
+        }
         Outcome {
             requests_ok: windows.iter().map(|w| w.ok).sum(),
             errors_by_code,
@@ -200,6 +272,9 @@ impl Outcome {
             rss_a_slope_mib_per_min_second_half: rss_slope,
             lost_writes,
             wrong_answers,
+            unexplained_severe_errors: unexplained,
+            reads_per_s_worst_during_postgres_outage: reads_worst,
+            reads_per_s_median: reads_median,
             replica_a_alive_at_end,
             verdicts,
             passed,
@@ -222,6 +297,9 @@ pub struct SoakReport {
     pub windows: Vec<Window>,
     pub rss: Vec<RssSample>,
     pub events: Vec<Event>,
+    /// The first message seen per "<replica> <code>".
+    pub error_examples: BTreeMap<String, String>,
+    pub severe: Vec<SevereError>,
     pub verification: Verification,
     pub wrong_answers: u64,
     pub wrong_examples: Vec<String>,
@@ -306,9 +384,17 @@ impl SoakReport {
         if o.errors_by_code.is_empty() {
             let _ = writeln!(md, "None.\n");
         } else {
-            let _ = writeln!(md, "| replica code | count |\n|---|---:|");
+            let _ = writeln!(
+                md,
+                "| replica code | count | first message |\n|---|---:|---|"
+            );
             for (code, n) in &o.errors_by_code {
-                let _ = writeln!(md, "| {code} | {n} |");
+                let example = self
+                    .error_examples
+                    .get(code)
+                    .map(|m| m.replace('|', "\\|"))
+                    .unwrap_or_default();
+                let _ = writeln!(md, "| {code} | {n} | {example} |");
             }
             let _ = writeln!(md);
         }
@@ -346,7 +432,7 @@ impl SoakReport {
         }
         let _ = writeln!(
             md,
-            "\n## Timeline\n\n| t (s) | OK req/s | p50 ms | p99 ms | max ms | errors | RSS A MiB | RSS B MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "\n## Timeline\n\nOK req/s counts every answered call; reads/s only the reader pool's cached Checks and BatchChecks.\n\n| t (s) | OK req/s | reads/s | p50 ms | p99 ms | max ms | errors | RSS A MiB | RSS B MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for w in &self.windows {
             let sample = self.rss.iter().min_by(|x, y| {
@@ -356,9 +442,10 @@ impl SoakReport {
             });
             let _ = writeln!(
                 md,
-                "| {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} | {} |",
+                "| {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} | {} |",
                 w.t_end_s,
                 w.requests_per_s,
+                w.reads_per_s,
                 w.p50_ms,
                 w.p99_ms,
                 w.max_ms,
@@ -391,12 +478,49 @@ mod tests {
             invitations_lost: 1,
             ..Verification::default()
         };
-        let o = Outcome::of(&[], &[], &v, 0, true);
+        let o = Outcome::of(&[], &[], &v, (0, &[], &[]), true);
         assert!(!o.passed);
         assert_eq!(o.lost_writes, 1);
-        let o = Outcome::of(&[], &[], &Verification::default(), 2, true);
+        let o = Outcome::of(&[], &[], &Verification::default(), (2, &[], &[]), true);
         assert!(!o.passed);
-        let o = Outcome::of(&[], &[], &Verification::default(), 0, true);
+        let o = Outcome::of(&[], &[], &Verification::default(), (0, &[], &[]), true);
         assert!(o.passed, "{:?}", o.verdicts);
+    }
+
+    #[test]
+    fn unknown_errors_count_unless_a_kill_cut_the_call() {
+        let kill = Event {
+            t_s: 100.0,
+            what: KILL_EVENT.into(),
+            detail: String::new(),
+        };
+        let cut = SevereError {
+            t_s: 100.5,
+            replica: "B".into(),
+            code: "Unknown".into(),
+            message: "transport error".into(),
+        };
+        let own = SevereError {
+            t_s: 50.0,
+            ..cut.clone()
+        };
+        let events = [kill];
+        let o = Outcome::of(
+            &[],
+            &[],
+            &Verification::default(),
+            (0, &[cut.clone()], &events),
+            true,
+        );
+        assert!(o.passed, "{:?}", o.verdicts);
+        let o = Outcome::of(
+            &[],
+            &[],
+            &Verification::default(),
+            (0, &[cut, own], &events),
+            true,
+        );
+        assert!(!o.passed);
+        assert_eq!(o.unexplained_severe_errors, 1);
     }
 }
