@@ -769,6 +769,9 @@ impl Config {
         if self.server.max_concurrent_requests == 0 {
             return range("server.max_concurrent_requests", "must be at least 1");
         }
+        if self.server.request_timeout_ms == 0 {
+            return range("server.request_timeout_ms", "must be at least 1");
+        }
         for key in &self.auth.keys {
             let hex = key.hash.strip_prefix("sha256:").unwrap_or("");
             if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {

@@ -329,10 +329,13 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
         builder = builder.tls_config(tls_config(tls)?)?;
     }
     let router = builder
-        .timeout(Duration::from_millis(config.server.request_timeout_ms))
         .layer(server_metrics.layer())
         .layer(RequestIdLayer)
-        .layer(GuardLayer::new(keys, config.server.max_concurrent_requests))
+        .layer(GuardLayer::new(
+            keys,
+            config.server.max_concurrent_requests,
+            Duration::from_millis(config.server.request_timeout_ms),
+        ))
         .layer(feed.layer())
         .add_service(health_service)
         .add_service(reflection_v1)

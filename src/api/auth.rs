@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use tokio::sync::Semaphore;
@@ -174,18 +174,22 @@ impl Keys {
     }
 }
 
-/// The guard layer: concurrency limit (shed, never queue) then key check.
+/// The guard layer: concurrency limit (shed, never queue), key check, then the per-call
+/// deadline. The deadline lives here rather than in tonic's `Server::timeout`, which answers
+/// an expired call with CANCELLED; a server that ran out of time owes DEADLINE_EXCEEDED.
 #[derive(Clone)]
 pub struct GuardLayer {
     keys: Arc<Keys>,
     slots: Arc<Semaphore>,
+    timeout: Duration,
 }
 
 impl GuardLayer {
-    pub fn new(keys: Arc<Keys>, max_concurrent: usize) -> GuardLayer {
+    pub fn new(keys: Arc<Keys>, max_concurrent: usize, timeout: Duration) -> GuardLayer {
         GuardLayer {
             keys,
             slots: Arc::new(Semaphore::new(max_concurrent)),
+            timeout,
         }
     }
 }
@@ -197,6 +201,7 @@ impl<S> Layer<S> for GuardLayer {
             inner,
             keys: self.keys.clone(),
             slots: self.slots.clone(),
+            timeout: self.timeout,
         }
     }
 }
@@ -206,6 +211,7 @@ pub struct Guard<S> {
     inner: S,
     keys: Arc<Keys>,
     slots: Arc<Semaphore>,
+    timeout: Duration,
 }
 
 impl<S, B, RB> Service<Request<B>> for Guard<S>
@@ -250,8 +256,20 @@ where
                 }
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
+                let timeout = self.timeout;
                 Box::pin(async move {
-                    let resp = inner.call(req).await;
+                    let resp = match tokio::time::timeout(timeout, inner.call(req)).await {
+                        Ok(resp) => resp,
+                        Err(_) => Ok(with_reason(
+                            Code::DeadlineExceeded,
+                            "TIMEOUT",
+                            format!(
+                                "no answer within server.request_timeout_ms ({} ms)",
+                                timeout.as_millis()
+                            ),
+                        )
+                        .into_http()),
+                    };
                     drop(permit);
                     resp
                 })

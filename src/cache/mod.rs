@@ -119,6 +119,7 @@ impl DecisionCache {
             let (tx, mut rx) = mpsc::unbounded_channel();
             tokio::spawn(level.clone().listen(tx));
             let local = local.clone();
+            let level = level.clone();
             tokio::spawn(async move {
                 while let Some(msg) = rx.recv().await {
                     match msg {
@@ -128,6 +129,10 @@ impl DecisionCache {
                             }
                         }
                         Invalidation::Flush => local.entries.invalidate_all(),
+                        Invalidation::FlushThenServe => {
+                            local.entries.invalidate_all();
+                            level.serve();
+                        }
                     }
                 }
             });

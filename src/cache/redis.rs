@@ -37,6 +37,9 @@ pub enum Invalidation {
     },
     /// Everything cached in process may have missed invalidations: drop it.
     Flush,
+    /// Subscribed again: drop everything cached in process, and only then serve from the
+    /// caches again (marking Redis live before the drop ran would let a stale entry through).
+    FlushThenServe,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -264,6 +267,11 @@ impl RedisLevel {
         }
     }
 
+    /// Called by the invalidation consumer once the flush of a resubscription has run.
+    pub fn serve(&self) {
+        self.subscribed.store(true, Ordering::Release);
+    }
+
     async fn subscribe_once(
         &self,
         tx: &mpsc::UnboundedSender<Invalidation>,
@@ -284,8 +292,7 @@ impl RedisLevel {
         )
         .await?;
         self.epoch.store(epoch, Ordering::Release);
-        let _ = tx.send(Invalidation::Flush);
-        self.subscribed.store(true, Ordering::Release);
+        let _ = tx.send(Invalidation::FlushThenServe);
         tracing::info!(epoch, "redis invalidation channel subscribed");
         let mut stream = pubsub.on_message();
         while let Some(msg) = stream.next().await {

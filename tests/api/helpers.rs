@@ -207,9 +207,15 @@ impl TestServer {
 
     /// A second server process-equivalent on the same database (another replica).
     pub async fn replica(&self) -> TestServer {
+        self.replica_with(|_| {}).await
+    }
+
+    /// A second server on the same database, with some settings of its own.
+    pub async fn replica_with(&self, configure: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = self.config.clone();
         config.listen = "127.0.0.1:0".parse().unwrap();
+        configure(&mut config);
         Self::start(self.backend, config, dir).await
     }
 

@@ -159,6 +159,46 @@ async fn rate_limit_per_key_and_load_shedding() {
     assert!(limited >= 10, "only {limited} of 20 were limited");
     s.stop().await;
 
+    // A call that outlives server.request_timeout_ms ends with DEADLINE_EXCEEDED.
+    let data = TestServer::spawn(Backend::Sqlite).await;
+    let (org, owner) = data.org("Slow", "").await;
+    let s = data.replica_with(|c| c.server.request_timeout_ms = 1).await;
+    let items: Vec<pb::CheckItem> = (0..1000)
+        .map(|i| pb::CheckItem {
+            org_id: org.clone(),
+            user_id: owner.clone(),
+            permission: if i % 2 == 0 {
+                "members.view"
+            } else {
+                "org.delete"
+            }
+            .into(),
+        })
+        .collect();
+    let mut timed_out = 0;
+    for _ in 0..5 {
+        let r = s
+            .authz
+            .clone()
+            .batch_check(pb::BatchCheckRequest {
+                items: items.clone(),
+                consistency: Some(pb::Consistency {
+                    requirement: Some(pb::consistency::Requirement::FullyConsistent(true)),
+                }),
+            })
+            .await;
+        if let Err(e) = r {
+            assert_error(&e, Code::DeadlineExceeded, "TIMEOUT");
+            timed_out += 1;
+        }
+    }
+    assert!(
+        timed_out > 0,
+        "a 1000-item consistent batch never took over 1 ms"
+    );
+    s.stop().await;
+    data.stop().await;
+
     // One slot: parallel calls beyond it are shed, not queued.
     let s = TestServer::spawn_with(Backend::Sqlite, |c| c.server.max_concurrent_requests = 1).await;
     let (org, owner) = s.org("Busy", "").await;

@@ -509,7 +509,7 @@ mod tests {
             &[],
             &[],
             &Verification::default(),
-            (0, &[cut.clone()], &events),
+            (0, std::slice::from_ref(&cut), &events),
             true,
         );
         assert!(o.passed, "{:?}", o.verdicts);
