@@ -104,13 +104,33 @@ fn tls_config(tls: &crate::config::TlsConfig) -> anyhow::Result<ServerTlsConfig>
 }
 
 /// Reports NOT_SERVING while the database cannot be reached, SERVING again once it can.
+/// When a ping fails, a TCP probe tells a dead server from a busy pool; while the server
+/// refuses connections outright, the store fails calls at once (see `store::reachability`)
+/// and the probe repeats often, to notice the return quickly. (Probing only then keeps
+/// PostgreSQL's log free of a bare connection every tick.)
 async fn watch_database(store: Store, health: HealthReporter, every: Duration) {
+    const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+    let ping = || async {
+        tokio::time::timeout(every, store.ping())
+            .await
+            .unwrap_or(false)
+    };
     let mut serving = true;
     loop {
-        tokio::time::sleep(every).await;
-        let ok = tokio::time::timeout(every, store.ping())
-            .await
-            .unwrap_or(false);
+        let wait = if store.unreachable() {
+            Duration::from_millis(250)
+        } else {
+            every
+        };
+        tokio::time::sleep(wait).await;
+        let ok = if store.unreachable() {
+            store.probe(PROBE_TIMEOUT).await != Some(false) && ping().await
+        } else if ping().await {
+            true
+        } else {
+            store.probe(PROBE_TIMEOUT).await;
+            false
+        };
         if ok != serving {
             serving = ok;
             if ok {

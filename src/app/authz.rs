@@ -195,6 +195,7 @@ impl Decisions {
     /// versions of every org the user belongs to).
     #[tracing::instrument(name = "decisions.load", skip_all, fields(pairs = pairs.len(), org_id = pairs.first().filter(|_| pairs.len() == 1).map(|p| tracing::field::display(p.0))))]
     async fn load(&self, pairs: &[Pair]) -> AppResult<HashMap<Pair, Subject>> {
+        self.store.ensure_reachable()?;
         let c = self.store.conn();
         let org_ids: Vec<String> = unique_strings(pairs.iter().map(|p| p.0.to_string()));
         let user_ids: Vec<String> = unique_strings(pairs.iter().map(|p| p.1.to_string()));

@@ -12,6 +12,7 @@ pub mod members;
 pub mod migrations;
 pub mod orgs;
 pub mod outbox;
+pub mod reachability;
 pub mod roles;
 pub mod users;
 
@@ -25,6 +26,8 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use crate::store::reachability::Reachability;
+
 pub use error::StoreError;
 
 /// A pool of database connections plus what is needed to write safely on either backend.
@@ -34,6 +37,7 @@ pub struct Store {
     /// SQLite allows one writer at a time; queueing writers here (instead of in SQLite's busy
     /// handler) keeps them fair and free of `database is locked` errors.
     sqlite_writer: Option<Arc<Mutex<()>>>,
+    reachability: Arc<Reachability>,
 }
 
 /// A write transaction. On SQLite it also holds the process-wide writer slot until dropped.
@@ -86,7 +90,11 @@ impl Store {
             DbBackend::Sqlite => Some(Arc::new(Mutex::new(()))),
             _ => None,
         };
-        Ok(Store { db, sqlite_writer })
+        Ok(Store {
+            db,
+            sqlite_writer,
+            reachability: Arc::new(Reachability::for_url(&opts.url)),
+        })
     }
 
     pub fn backend(&self) -> DbBackend {
@@ -106,6 +114,7 @@ impl Store {
     /// Starts a write transaction. Callers lock the org row first (see `orgs::lock`) so that
     /// writes to one org are serialized on PostgreSQL too.
     pub async fn write(&self) -> Result<WriteTx, StoreError> {
+        self.ensure_reachable()?;
         let writer = match &self.sqlite_writer {
             Some(m) => Some(m.clone().lock_owned().await),
             None => None,
@@ -126,6 +135,27 @@ impl Store {
     }
 
     /// Is the database reachable? Used by health reporting.
+    /// Whether the last probe found the database server unreachable.
+    pub fn unreachable(&self) -> bool {
+        self.reachability.is_down()
+    }
+
+    /// `Err(Unavailable)` at once while the last probe found the database server unreachable.
+    pub fn ensure_reachable(&self) -> Result<(), StoreError> {
+        if self.unreachable() {
+            return Err(StoreError::Unavailable(sea_orm::DbErr::Custom(
+                "the database server refused or did not answer the last connection probe".into(),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Probes the database server with a TCP connect (see [`reachability`]); `None` when it
+    /// cannot be probed that way (SQLite, Unix socket).
+    pub async fn probe(&self, timeout: Duration) -> Option<bool> {
+        self.reachability.probe(timeout).await
+    }
+
     pub async fn ping(&self) -> bool {
         self.db.ping().await.is_ok()
     }
