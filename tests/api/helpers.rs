@@ -2,9 +2,13 @@
 //! SQLite file, or a fresh schema in the PostgreSQL database named by
 //! `TEAMGATE_TEST_DATABASE_URL`) and talks to it over real gRPC.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use teamgate::config::{Config, Secret};
@@ -14,6 +18,8 @@ use teamgate::proto::teamgate::v1 as pb;
 use teamgate::proto::teamgate::v1::authz_service_client::AuthzServiceClient;
 use teamgate::proto::teamgate::v1::team_service_client::TeamServiceClient;
 use teamgate::startup::{self, Dependencies, Running};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
@@ -292,6 +298,23 @@ impl TestServer {
             .user_id
     }
 
+    /// The org's members (first page, no filter), listed as `actor`.
+    pub async fn members(&self, org: &str, actor: &str) -> Vec<pb::Member> {
+        self.team
+            .clone()
+            .list_members(as_actor(
+                actor,
+                pb::ListMembersRequest {
+                    org_id: org.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .members
+    }
+
     pub async fn check(&self, org: &str, user: &str, permission: &str) -> pb::CheckResponse {
         self.authz
             .clone()
@@ -341,4 +364,111 @@ pub fn unwrap_err<T: std::fmt::Debug>(r: Result<T, Status>) -> Status {
         Ok(v) => panic!("expected an error, got {v:?}"),
         Err(s) => s,
     }
+}
+
+/// A child process (the real `teamgate` binary); killed if the test fails before it exits.
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    /// Sends SIGTERM and waits (30 s at most) for the child to exit; returns how it exited.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let pid = self.0.as_ref().unwrap().id();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.0.as_mut().unwrap().try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "teamgate did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        self.0 = None;
+        status
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One HTTP request as the webhook receiver saw it.
+#[derive(Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// A tiny HTTP/1.1 server: answers each request with the next status from `statuses`
+/// (200 once they run out) and reports what it received.
+pub async fn webhook_receiver(
+    statuses: Vec<u16>,
+) -> (SocketAddr, mpsc::UnboundedReceiver<Received>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut statuses = statuses.into_iter();
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let head_end = loop {
+                let n = conn.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break Some(i + 4);
+                }
+            };
+            let Some(head_end) = head_end else { continue };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+            let mut lines = head.split("\r\n");
+            let path = lines
+                .next()
+                .and_then(|l| l.split(' ').nth(1))
+                .unwrap_or("")
+                .to_owned();
+            let headers: HashMap<String, String> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                .collect();
+            let len: usize = headers
+                .get("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            while buf.len() < head_end + len {
+                let n = conn.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = buf[head_end..(head_end + len).min(buf.len())].to_vec();
+            let status = statuses.next().unwrap_or(200);
+            let reply =
+                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = conn.write_all(reply.as_bytes()).await;
+            let _ = conn.shutdown().await;
+            let _ = tx.send(Received {
+                path,
+                headers,
+                body,
+            });
+        }
+    });
+    (addr, rx)
 }

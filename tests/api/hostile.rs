@@ -66,6 +66,31 @@ async fn list(
     page_token: &str,
 ) -> Result<Page, Status> {
     let token = page_token.to_owned();
+    // A page of an org-scoped list: `$rpc` for org `scope`, rows in `$rows`, each with the id
+    // `$id` and its `org_id`.
+    macro_rules! org_page {
+        ($rpc:ident, $request:ident, $rows:ident, $id:ident) => {{
+            let r = s
+                .team
+                .clone()
+                .$rpc(as_actor(
+                    actor,
+                    pb::$request {
+                        org_id: scope.into(),
+                        page_size,
+                        page_token: token,
+                        ..Default::default()
+                    },
+                ))
+                .await?
+                .into_inner();
+            Page {
+                ids: r.$rows.iter().map(|x| x.$id.clone()).collect(),
+                orgs: r.$rows.iter().map(|x| x.org_id.clone()).collect(),
+                next: r.next_page_token,
+            }
+        }};
+    }
     Ok(match list {
         List::Organizations => {
             let r = s
@@ -92,69 +117,9 @@ async fn list(
                 next: r.next_page_token,
             }
         }
-        List::Members => {
-            let r = s
-                .team
-                .clone()
-                .list_members(as_actor(
-                    actor,
-                    pb::ListMembersRequest {
-                        org_id: scope.into(),
-                        page_size,
-                        page_token: token,
-                        ..Default::default()
-                    },
-                ))
-                .await?
-                .into_inner();
-            Page {
-                ids: r.members.iter().map(|m| m.user_id.clone()).collect(),
-                orgs: r.members.iter().map(|m| m.org_id.clone()).collect(),
-                next: r.next_page_token,
-            }
-        }
-        List::Invitations => {
-            let r = s
-                .team
-                .clone()
-                .list_invitations(as_actor(
-                    actor,
-                    pb::ListInvitationsRequest {
-                        org_id: scope.into(),
-                        page_size,
-                        page_token: token,
-                        ..Default::default()
-                    },
-                ))
-                .await?
-                .into_inner();
-            Page {
-                ids: r.invitations.iter().map(|i| i.id.clone()).collect(),
-                orgs: r.invitations.iter().map(|i| i.org_id.clone()).collect(),
-                next: r.next_page_token,
-            }
-        }
-        List::Audit => {
-            let r = s
-                .team
-                .clone()
-                .list_audit_events(as_actor(
-                    actor,
-                    pb::ListAuditEventsRequest {
-                        org_id: scope.into(),
-                        page_size,
-                        page_token: token,
-                        ..Default::default()
-                    },
-                ))
-                .await?
-                .into_inner();
-            Page {
-                ids: r.events.iter().map(|e| e.id.clone()).collect(),
-                orgs: r.events.iter().map(|e| e.org_id.clone()).collect(),
-                next: r.next_page_token,
-            }
-        }
+        List::Members => org_page!(list_members, ListMembersRequest, members, user_id),
+        List::Invitations => org_page!(list_invitations, ListInvitationsRequest, invitations, id),
+        List::Audit => org_page!(list_audit_events, ListAuditEventsRequest, events, id),
         List::Lookup => {
             let r = s
                 .authz
@@ -627,18 +592,7 @@ async fn sql_metacharacters_are_stored_verbatim(b: Backend) {
     assert_eq!(role.display_name, "Admins'); DROP TABLE roles;-- %_\\");
 
     // Read back through every path, byte for byte.
-    let members = team
-        .list_members(as_actor(
-            &owner,
-            pb::ListMembersRequest {
-                org_id: org.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .members;
+    let members = s.members(&org, &owner).await;
     assert_eq!(members.len(), 1 + SQLISH.len());
     for (user, name) in &invited {
         let m = members.iter().find(|m| &m.user_id == user).unwrap();
@@ -957,20 +911,7 @@ async fn look_alike_emails_never_merge_into_the_ascii_user(b: Backend) {
         (me.email.as_str(), me.role.as_str()),
         ("admin@example.com", "admin")
     );
-    let members = s
-        .team
-        .clone()
-        .list_members(as_actor(
-            &owner,
-            pb::ListMembersRequest {
-                org_id: org.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .members;
+    let members = s.members(&org, &owner).await;
     let mut emails: Vec<&str> = members.iter().map(|m| m.email.as_str()).collect();
     let n = emails.len();
     emails.sort();

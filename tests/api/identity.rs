@@ -39,6 +39,16 @@ async fn spawn(backend: Backend) -> TestServer {
     TestServer::spawn_with(backend, cheap_hashing).await
 }
 
+/// A server that refuses an account after 3 failed sign-ins within 10 minutes.
+async fn spawn_with_account_limit(backend: Backend) -> TestServer {
+    TestServer::spawn_with(backend, |c| {
+        cheap_hashing(c);
+        c.identity.max_failed_sign_ins = 3;
+        c.identity.failure_window_secs = 600;
+    })
+    .await
+}
+
 fn identity(s: &TestServer) -> IdentityServiceClient<Channel> {
     IdentityServiceClient::new(s.channel.clone())
 }
@@ -502,12 +512,7 @@ async fn hashes_are_upgraded_on_sign_in_when_parameters_change(backend: Backend)
 }
 
 async fn sign_in_failures_look_alike_and_are_rate_limited(backend: Backend) {
-    let s = TestServer::spawn_with(backend, |c| {
-        cheap_hashing(c);
-        c.identity.max_failed_sign_ins = 3;
-        c.identity.failure_window_secs = 600;
-    })
-    .await;
+    let s = spawn_with_account_limit(backend).await;
     let (org, owner) = s.org("Acme", "").await;
     let user = member_with_password(&s, &org, &owner, "admin", "bo@example.com", Some(PASSWORD))
         .await
@@ -625,13 +630,9 @@ async fn audit_actions(
 }
 
 async fn sign_in_failures_are_limited_per_caller_across_accounts(backend: Backend) {
-    let s = TestServer::spawn_with(backend, |c| {
-        cheap_hashing(c);
-        // Far below the per-caller budget, to show that it is never what refuses here.
-        c.identity.max_failed_sign_ins = 3;
-        c.identity.failure_window_secs = 600;
-    })
-    .await;
+    // The account limit is far below the per-caller budget, to show that the budget is
+    // never what refuses here.
+    let s = spawn_with_account_limit(backend).await;
     let (org, owner) = s.org("Acme", "team").await;
     let mut accounts = Vec::new();
     for i in 0..5 {
@@ -762,12 +763,7 @@ async fn concurrent_failures(
 }
 
 async fn concurrent_sign_in_failures_stay_within_the_account_limit(backend: Backend) {
-    let s = TestServer::spawn_with(backend, |c| {
-        cheap_hashing(c);
-        c.identity.max_failed_sign_ins = 3;
-        c.identity.failure_window_secs = 600;
-    })
-    .await;
+    let s = spawn_with_account_limit(backend).await;
     let (org, owner) = s.org("Acme", "").await;
     let user = member_with_password(
         &s,

@@ -2,9 +2,8 @@
 //! through the outbox (recording sink, a real SMTP server, a signed webhook) and the
 //! bad-token rate limit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,12 +17,12 @@ use sha2::Sha256;
 use teamgate::config::{MailSinkKind, Secret, SmtpTls};
 use teamgate::proto::teamgate::v1 as pb;
 use teamgate::store::entities::{invitations as invitation_rows, outbox as outbox_rows};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
 use crate::helpers::{
     Backend, REQUIRE_ENV, TestServer, as_actor, assert_error, repo_path, unwrap_err,
+    webhook_receiver,
 };
 use crate::on_both_backends;
 
@@ -664,20 +663,7 @@ async fn parallel_accepts_make_one_membership(b: Backend) {
         }
     }
     assert_eq!(ok, 1);
-    let members = s
-        .team
-        .clone()
-        .list_members(as_actor(
-            &owner,
-            pb::ListMembersRequest {
-                org_id: org.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .members;
+    let members = s.members(&org, &owner).await;
     assert_eq!(members.iter().filter(|m| m.email == email).count(), 1);
     assert_eq!(members.len(), 2);
 }
@@ -1343,74 +1329,6 @@ async fn smtp_delivery_to_a_real_server(b: Backend) {
         rows[0].last_error
     );
     assert!(smtp.messages.try_recv().is_err(), "nothing was accepted");
-}
-
-/// One HTTP request as the webhook receiver saw it.
-#[derive(Debug)]
-struct Received {
-    path: String,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-/// A tiny HTTP/1.1 server: answers each request with the next status from `statuses`
-/// (200 once they run out) and reports what it received.
-async fn webhook_receiver(statuses: Vec<u16>) -> (SocketAddr, mpsc::UnboundedReceiver<Received>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut statuses = statuses.into_iter();
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let head_end = loop {
-                let n = conn.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    break None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break Some(i + 4);
-                }
-            };
-            let Some(head_end) = head_end else { continue };
-            let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-            let mut lines = head.split("\r\n");
-            let path = lines
-                .next()
-                .and_then(|l| l.split(' ').nth(1))
-                .unwrap_or("")
-                .to_owned();
-            let headers: HashMap<String, String> = lines
-                .filter_map(|l| l.split_once(':'))
-                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-                .collect();
-            let len: usize = headers
-                .get("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            while buf.len() < head_end + len {
-                let n = conn.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            let body = buf[head_end..(head_end + len).min(buf.len())].to_vec();
-            let status = statuses.next().unwrap_or(200);
-            let reply =
-                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-            let _ = conn.write_all(reply.as_bytes()).await;
-            let _ = conn.shutdown().await;
-            let _ = tx.send(Received {
-                path,
-                headers,
-                body,
-            });
-        }
-    });
-    (addr, rx)
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {

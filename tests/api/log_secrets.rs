@@ -4,7 +4,7 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,12 +12,11 @@ use base64::Engine as _;
 use teamgate::proto::teamgate::v1 as pb;
 use teamgate::proto::teamgate::v1::identity_service_client::IdentityServiceClient;
 use teamgate::proto::teamgate::v1::team_service_client::TeamServiceClient;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
-use crate::helpers::{assert_error, unwrap_err};
+use crate::helpers::{ChildGuard, Received, assert_error, unwrap_err, webhook_receiver};
 use crate::identity::totp_code;
 
 const ACCEPT_BASE: &str = "https://app.example.test/accept?token=";
@@ -27,18 +26,6 @@ const OLD_PASSWORD: &str = "plaid tangerine orbit 4417";
 const WRONG_PASSWORD: &str = "quartz lantern meadow 9021";
 const NEW_PASSWORD: &str = "velvet compass harbor 3380";
 const EMAIL: &str = "lee.logs@example.com";
-
-/// Kills the child if the test fails before it exits.
-struct ChildGuard(Option<Child>);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// Everything the child wrote to stdout and stderr, collected by reader threads.
 #[derive(Clone, Default)]
@@ -74,65 +61,18 @@ impl Output {
     }
 }
 
-/// A minimal HTTP/1.1 endpoint for the mail webhook: answers 200 and hands over each JSON body.
-async fn mail_receiver() -> (SocketAddr, mpsc::UnboundedReceiver<serde_json::Value>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let head_end = loop {
-                let n = conn.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    break None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break Some(i + 4);
-                }
-            };
-            let Some(head_end) = head_end else { continue };
-            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-            let len: usize = head
-                .split("\r\n")
-                .filter_map(|l| l.split_once(':'))
-                .find(|(k, _)| k.trim() == "content-length")
-                .and_then(|(_, v)| v.trim().parse().ok())
-                .unwrap_or(0);
-            while buf.len() < head_end + len {
-                let n = conn.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            let body = &buf[head_end..(head_end + len).min(buf.len())];
-            let _ = conn
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                .await;
-            let _ = conn.shutdown().await;
-            if let Ok(v) = serde_json::from_slice(body) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    (addr, rx)
-}
-
 /// The token in the next email whose text holds a link starting with `base`.
-async fn token_from_mail(
-    mail: &mut mpsc::UnboundedReceiver<serde_json::Value>,
-    base: &str,
-) -> String {
+async fn token_from_mail(mail: &mut mpsc::UnboundedReceiver<Received>, base: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let body = tokio::time::timeout(left, mail.recv())
+        let received = tokio::time::timeout(left, mail.recv())
             .await
             .unwrap_or_else(|_| panic!("no email with a {base} link within 30 s"))
             .expect("the receiver runs");
+        let Ok(body) = serde_json::from_slice::<serde_json::Value>(&received.body) else {
+            continue;
+        };
         let text = body["text"].as_str().unwrap_or_default();
         if let Some(at) = text.find(base) {
             let token: String = text[at + base.len()..]
@@ -180,7 +120,7 @@ fn number_matching_ignores_timestamps_and_fractions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_logs() {
     let dir = tempfile::tempdir().unwrap();
-    let (mail_addr, mut mail) = mail_receiver().await;
+    let (mail_addr, mut mail) = webhook_receiver(vec![]).await;
     let (service_key, key_hash) = teamgate::api::auth::new_key();
     let secret_key = {
         let mut raw = uuid::Uuid::new_v4().as_bytes().to_vec();
@@ -427,24 +367,7 @@ scopes = ["admin"]
     assert_error(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
 
     // SIGTERM: drain and exit 0; then every byte it wrote has been read.
-    let pid = child.0.as_ref().unwrap().id();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.0.as_mut().unwrap().try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "teamgate did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    child.0 = None;
+    let status = child.terminate().await;
     for r in readers {
         r.join().unwrap();
     }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::helpers::{Backend, TestServer, as_actor};
+use crate::helpers::{Backend, ChildGuard, TestServer, as_actor};
 use crate::on_both_backends;
 
 on_both_backends!(metrics_over_otlp_and_prometheus);
@@ -694,18 +694,6 @@ async fn no_telemetry_by_default() {
 // ---------------------------------------------------------------------------------------------
 // The real binary: traces and metrics from `teamgate serve`, flushed on SIGTERM.
 
-/// Kills the child if the test fails before it exits.
-struct ChildGuard(Option<Child>);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Reads the child's JSON logs until it says where it listens: (gRPC, /metrics).
 fn addresses(
     stderr: std::process::ChildStderr,
@@ -825,25 +813,8 @@ async fn traces_and_metrics_from_the_binary() {
     );
 
     // SIGTERM: drain, flush, exit 0.
-    let pid = child.0.as_ref().unwrap().id();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.0.as_mut().unwrap().try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "teamgate did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = child.terminate().await;
     assert!(status.success(), "{status:?}");
-    child.0 = None;
 
     let spans = collector.spans();
     let check = spans
