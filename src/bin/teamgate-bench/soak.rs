@@ -140,8 +140,8 @@ struct Worker {
     own_orgs: Vec<usize>,
     log: WorkerLog,
     sent_invitations: usize,
-    /// Set after a failure that says the replica is unreachable: real clients back off
-    /// instead of spinning on instant connection errors.
+    /// Set after UNAVAILABLE (or a cut connection): like a gRPC client's retry policy, the
+    /// worker waits 20 ms instead of spinning on instant failures.
     back_off: bool,
 }
 

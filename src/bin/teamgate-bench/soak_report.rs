@@ -161,6 +161,9 @@ fn slope(points: &[(f64, f64)]) -> f64 {
 /// Above this, replica A's RSS is said to grow over the second half of the run.
 const RSS_GROWTH_LIMIT_MIB_PER_MIN: f64 = 0.5;
 
+/// The share of the median read rate the reader pool must keep during a PostgreSQL outage.
+const READS_DURING_OUTAGE_MIN: f64 = 0.10;
+
 impl Outcome {
     pub fn of(
         windows: &[Window],
@@ -253,11 +256,15 @@ impl Outcome {
         } else {
             0.0
         };
+        // Not all reads can be answered during an outage: a subject whose org changed since it
+        // was cached needs the database (with the default write mix about half of them at any
+        // moment), and those fail at once. What must not happen is the readers stalling.
         if !outages.is_empty() {
             judge(
-                reads_worst >= 0.25 * reads_median,
+                reads_worst >= READS_DURING_OUTAGE_MIN * reads_median,
                 format!(
-                    "cached reads kept answering while PostgreSQL was down: {reads_worst:.0} reads/s in the worst outage window, {reads_median:.0} median (limit: a quarter of the median)"
+                    "cached reads kept answering while PostgreSQL was down: {reads_worst:.0} reads/s in the worst outage window, {reads_median:.0} median (limit: {:.0}% of the median)",
+                    READS_DURING_OUTAGE_MIN * 100.0
                 ),
             );
         }
@@ -354,10 +361,12 @@ impl SoakReport {
         );
         let _ = writeln!(
             md,
-            "Two replicas (A, B) on one PostgreSQL and one Redis of the run's own. Traffic: 70% Check \
-             (minimize_latency), 10% Check (fully_consistent), 8% BatchCheck of 20, 7% \
-             UpdateMemberRole followed by a Check at_least_as_fresh as it, 5% InviteMember; half \
-             the workers on each replica. Faults: {}.\n",
+            "Two replicas (A, B) on one PostgreSQL and one Redis of the run's own, half the workers \
+             on each. Readers (5 of every 8 workers): 85% Check (minimize_latency), 15% BatchCheck of \
+             20. Writers (3 of 8, each owning a share of the orgs): 40% Check (fully_consistent), \
+             35% UpdateMemberRole followed by a Check at_least_as_fresh as it, 25% InviteMember. \
+             After UNAVAILABLE or a cut connection a worker waits 20 ms, as a gRPC retry policy \
+             would. Faults: {}.\n",
             if self.faults_injected {
                 "per cycle, PostgreSQL stopped (fast shutdown) and restarted, Redis SIGKILLed and \
                  restarted, replica B SIGKILLed and restarted on the same port"
