@@ -86,6 +86,15 @@ impl Shared {
             .is_some_and(|r| r.permissions.contains_str(permission))
     }
 
+    /// A request made by the org's owner.
+    fn as_owner<T>(&self, org: usize, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert(ACTOR_HEADER, self.owners[org].clone());
+        request
+    }
+
     fn window_of(&self, at: Instant) -> usize {
         (at.saturating_duration_since(self.started).as_nanos() / self.window.as_nanos()) as usize
     }
@@ -294,14 +303,6 @@ impl Worker {
         Ok(())
     }
 
-    fn with_actor<T>(&self, org: usize, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request
-            .metadata_mut()
-            .insert(ACTOR_HEADER, self.shared.owners[org].clone());
-        request
-    }
-
     /// Flips an own org's last member between member and manager, then asks, at least as
     /// fresh as the write, whether the new role shows.
     async fn toggle(&mut self) -> anyhow::Result<()> {
@@ -315,7 +316,7 @@ impl Worker {
         state.next = other_role(role);
         let ds = &self.shared.dataset;
         let (org_id, user_id) = (ds.orgs[org].to_string(), ds.toggled(org).to_string());
-        let request = self.with_actor(
+        let request = self.shared.as_owner(
             org,
             pb::UpdateMemberRoleRequest {
                 org_id: org_id.clone(),
@@ -368,7 +369,7 @@ impl Worker {
         let org = self.own_orgs[self.rng.random_range(0..self.own_orgs.len())];
         self.sent_invitations += 1;
         let email = format!("soak-{}-{}@example.test", self.id, self.sent_invitations);
-        let request = self.with_actor(
+        let request = self.shared.as_owner(
             org,
             pb::InviteMemberRequest {
                 org_id: self.shared.dataset.orgs[org].to_string(),
@@ -824,15 +825,15 @@ async fn verify(shared: &Shared, conn: &Conn, logs: &[WorkerLog]) -> anyhow::Res
     for &org in &orgs {
         let mut page_token = String::new();
         loop {
-            let mut request = tonic::Request::new(pb::ListInvitationsRequest {
-                org_id: shared.dataset.orgs[org].to_string(),
-                status: None,
-                page_size: 100,
-                page_token: page_token.clone(),
-            });
-            request
-                .metadata_mut()
-                .insert(ACTOR_HEADER, shared.owners[org].clone());
+            let request = shared.as_owner(
+                org,
+                pb::ListInvitationsRequest {
+                    org_id: shared.dataset.orgs[org].to_string(),
+                    status: None,
+                    page_size: 100,
+                    page_token: page_token.clone(),
+                },
+            );
             let page = team
                 .list_invitations(request)
                 .await
@@ -868,13 +869,13 @@ async fn verify(shared: &Shared, conn: &Conn, logs: &[WorkerLog]) -> anyhow::Res
     }
     for (&org, toggle) in logs.iter().flat_map(|l| &l.toggles) {
         v.members_toggled += 1;
-        let mut request = tonic::Request::new(pb::GetMemberRequest {
-            org_id: shared.dataset.orgs[org].to_string(),
-            user_id: shared.dataset.toggled(org).to_string(),
-        });
-        request
-            .metadata_mut()
-            .insert(ACTOR_HEADER, shared.owners[org].clone());
+        let request = shared.as_owner(
+            org,
+            pb::GetMemberRequest {
+                org_id: shared.dataset.orgs[org].to_string(),
+                user_id: shared.dataset.toggled(org).to_string(),
+            },
+        );
         let role = team
             .get_member(request)
             .await
