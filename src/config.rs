@@ -283,6 +283,10 @@ pub struct IdentityConfig {
     /// are refused with RESOURCE_EXHAUSTED.
     pub max_failed_sign_ins: u32,
     pub failure_window_secs: u64,
+    /// Failed sign-ins and bad reset tokens per caller address (across accounts) within
+    /// `caller_failure_window_secs`, per process, before further attempts are refused.
+    pub max_failed_sign_ins_per_caller: u32,
+    pub caller_failure_window_secs: u64,
     /// How long a password reset link is valid.
     pub reset_ttl_secs: u64,
     /// The link in password reset emails is this URL followed by the token.
@@ -303,6 +307,8 @@ impl Default for IdentityConfig {
             secret_key: Secret::default(),
             max_failed_sign_ins: 10,
             failure_window_secs: 15 * 60,
+            max_failed_sign_ins_per_caller: 50,
+            caller_failure_window_secs: 10 * 60,
             reset_ttl_secs: 3600,
             reset_url_base: "http://localhost:3000/password/reset?token=".into(),
             totp_issuer: "teamgate".into(),
@@ -358,6 +364,15 @@ impl IdentityConfig {
         }
         if self.failure_window_secs == 0 {
             return range("identity.failure_window_secs", "must be at least 1");
+        }
+        if self.max_failed_sign_ins_per_caller == 0 {
+            return range(
+                "identity.max_failed_sign_ins_per_caller",
+                "must be at least 1",
+            );
+        }
+        if self.caller_failure_window_secs == 0 {
+            return range("identity.caller_failure_window_secs", "must be at least 1");
         }
         if !(60..=7 * 24 * 3600).contains(&self.reset_ttl_secs) {
             return range("identity.reset_ttl_secs", "must be 60 to 604800 (a week)");

@@ -29,8 +29,11 @@ pub struct IdentityApi {
 
 impl IdentityApi {
     pub fn new(app: Arc<App>) -> Self {
-        let bad_callers =
-            BadTokenLimiter::with_limits(app.clock.clone(), 50, chrono::Duration::minutes(10));
+        let bad_callers = BadTokenLimiter::with_limits(
+            app.clock.clone(),
+            app.settings.identity.max_caller_failures,
+            app.settings.identity.caller_failure_window,
+        );
         IdentityApi { app, bad_callers }
     }
 }

@@ -587,8 +587,9 @@ async fn sign_in_failures_look_alike_and_are_rate_limited(backend: Backend) {
 }
 
 /// Failed sign-ins (and bad reset tokens) one caller address may make in ten minutes,
-/// whatever accounts they name (`IdentityApi`: 50 per 10 minutes, not configurable).
-const PER_CALLER_FAILURES: usize = 50;
+/// whatever accounts they name: `identity.max_failed_sign_ins_per_caller`, set below to
+/// something other than its default (50) to show the setting is used.
+const PER_CALLER_FAILURES: usize = 24;
 
 /// A channel to `s` whose connections come from `local` (another loopback address), so the
 /// server sees another caller.
@@ -632,7 +633,13 @@ async fn audit_actions(
 async fn sign_in_failures_are_limited_per_caller_across_accounts(backend: Backend) {
     // The account limit is far below the per-caller budget, to show that the budget is
     // never what refuses here.
-    let s = spawn_with_account_limit(backend).await;
+    let s = TestServer::spawn_with(backend, |c| {
+        cheap_hashing(c);
+        c.identity.max_failed_sign_ins = 3;
+        c.identity.failure_window_secs = 600;
+        c.identity.max_failed_sign_ins_per_caller = PER_CALLER_FAILURES as u32;
+    })
+    .await;
     let (org, owner) = s.org("Acme", "team").await;
     let mut accounts = Vec::new();
     for i in 0..5 {
