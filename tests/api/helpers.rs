@@ -134,7 +134,9 @@ pub struct TestServer {
     pub clock: ManualClock,
     pub sink: RecordingSink,
     pub config: Config,
-    _dir: tempfile::TempDir,
+    /// Shared with replicas: the SQLite file must outlive every server that has it open,
+    /// whichever stops first.
+    _dir: Arc<tempfile::TempDir>,
 }
 
 pub fn repo_path(rel: &str) -> PathBuf {
@@ -178,10 +180,10 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = isolated_config(backend, dir.path());
         configure(&mut config);
-        Self::start(backend, config, dir).await
+        Self::start(backend, config, Arc::new(dir)).await
     }
 
-    async fn start(backend: Backend, config: Config, dir: tempfile::TempDir) -> TestServer {
+    async fn start(backend: Backend, config: Config, dir: Arc<tempfile::TempDir>) -> TestServer {
         let clock = ManualClock::starting_now();
         let sink = RecordingSink::default();
         let running = startup::start(
@@ -218,11 +220,10 @@ impl TestServer {
 
     /// A second server on the same database, with some settings of its own.
     pub async fn replica_with(&self, configure: impl FnOnce(&mut Config)) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
         let mut config = self.config.clone();
         config.listen = "127.0.0.1:0".parse().unwrap();
         configure(&mut config);
-        Self::start(self.backend, config, dir).await
+        Self::start(self.backend, config, self._dir.clone()).await
     }
 
     pub fn app(&self) -> &teamgate::app::App {

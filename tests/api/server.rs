@@ -159,12 +159,10 @@ async fn request_ids_are_echoed_or_made() {
 async fn data_survives_a_restart() {
     let s = TestServer::spawn(Backend::Sqlite).await;
     let (org, owner) = s.org("Durable", "").await;
-    let config = s.config.clone();
     let replica = s.replica().await;
     s.stop().await;
     assert!(replica.allowed(&org, &owner, "org.delete").await);
     replica.stop().await;
-    let _ = config;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
