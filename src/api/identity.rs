@@ -157,18 +157,17 @@ impl IdentityService for IdentityApi {
             bounded("totp_code", code)?;
         }
         // Counted as a failure while in flight, so a burst of concurrent attempts cannot
-        // overrun the caller's budget; given back unless it turns out to be one.
-        if let Err(wait) = self.bad_callers.try_acquire(caller) {
-            return Err(too_many(wait));
-        }
+        // overrun the caller's budget.
         let outcome = self
-            .app
-            .authenticate(&ctx, &req.email, &req.password, req.totp_code.as_deref())
-            .await;
-        if !matches!(&outcome, Err(crate::app::AppError::Domain(d)) if d.reason() == "INVALID_CREDENTIALS")
-        {
-            self.bad_callers.refund(caller);
-        }
+            .bad_callers
+            .limit(
+                caller,
+                self.app
+                    .authenticate(&ctx, &req.email, &req.password, req.totp_code.as_deref()),
+                |e| e.has_reason("INVALID_CREDENTIALS"),
+            )
+            .await
+            .map_err(too_many)?;
         match outcome {
             Ok(SignInOutcome::SignedIn(s)) => Ok(Response::new(pb::AuthenticateResponse {
                 user: Some(user(&s.user)),
@@ -215,18 +214,15 @@ impl IdentityService for IdentityApi {
             .into());
         }
         let password = self.app.new_password("new_password", &req.new_password)?;
-        if let Err(wait) = self.bad_callers.try_acquire(caller) {
-            return Err(too_many(wait));
-        }
-        let outcome = self.app.reset_password(&ctx, token, password).await;
-        if !matches!(&outcome, Err(crate::app::AppError::Domain(d)) if d.reason() == "RESET_TOKEN_INVALID")
-        {
-            self.bad_callers.refund(caller);
-        }
-        match outcome {
-            Ok(()) => Ok(Response::new(pb::ResetPasswordResponse {})),
-            Err(e) => Err(e.into()),
-        }
+        self.bad_callers
+            .limit(
+                caller,
+                self.app.reset_password(&ctx, token, password),
+                |e| e.has_reason("RESET_TOKEN_INVALID"),
+            )
+            .await
+            .map_err(too_many)??;
+        Ok(Response::new(pb::ResetPasswordResponse {}))
     }
 
     async fn enroll_totp(

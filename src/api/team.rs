@@ -10,10 +10,10 @@ use super::context::ctx;
 use super::convert;
 use super::error::with_reason;
 use super::paging::{next_token, page_request};
+use crate::app::App;
 use crate::app::invitations::{Acceptance, BadTokenLimiter, NewInvitation};
 use crate::app::orgs::{NewOrg, NewOwner, OrgChanges};
 use crate::app::roles::RoleDefinition;
-use crate::app::{App, AppError};
 use crate::domain::DomainError;
 use crate::domain::email::Email;
 use crate::domain::ids::{InvitationId, OrgId, UserId};
@@ -169,12 +169,8 @@ impl TeamService for TeamApi {
         let ctx = ctx(&request)?;
         let req = request.into_inner();
         let user = user_id("user_id", &req.user_id)?;
-        let page = page_request(
-            "organizations",
-            &user.to_string(),
-            req.page_size,
-            &req.page_token,
-        )?;
+        let scope = user.to_string();
+        let page = page_request("organizations", &scope, req.page_size, &req.page_token)?;
         let page = self.app.list_orgs(&ctx, &user, page).await?;
         Ok(Response::new(pb::ListOrganizationsResponse {
             organizations: page
@@ -185,7 +181,7 @@ impl TeamService for TeamApi {
                     role: role.clone(),
                 })
                 .collect(),
-            next_page_token: next_token("organizations", &user.to_string(), page.next),
+            next_page_token: next_token("organizations", &scope, page.next),
         }))
     }
 
@@ -197,11 +193,12 @@ impl TeamService for TeamApi {
         let req = request.into_inner();
         let id = org_id(&req.org_id)?;
         let role = optional_role("role", req.role.as_deref().unwrap_or(""))?;
-        let page = page_request("members", &id.to_string(), req.page_size, &req.page_token)?;
+        let scope = id.to_string();
+        let page = page_request("members", &scope, req.page_size, &req.page_token)?;
         let page = self.app.list_members(&ctx, &id, role, page).await?;
         Ok(Response::new(pb::ListMembersResponse {
             members: page.items.iter().map(convert::member).collect(),
-            next_page_token: next_token("members", &id.to_string(), page.next),
+            next_page_token: next_token("members", &scope, page.next),
         }))
     }
 
@@ -310,16 +307,12 @@ impl TeamService for TeamApi {
                 .into());
             }
         };
-        let page = page_request(
-            "invitations",
-            &id.to_string(),
-            req.page_size,
-            &req.page_token,
-        )?;
+        let scope = id.to_string();
+        let page = page_request("invitations", &scope, req.page_size, &req.page_token)?;
         let page = self.app.list_invitations(&ctx, &id, status, page).await?;
         Ok(Response::new(pb::ListInvitationsResponse {
             invitations: page.items.iter().map(convert::invitation).collect(),
-            next_page_token: next_token("invitations", &id.to_string(), page.next),
+            next_page_token: next_token("invitations", &scope, page.next),
         }))
     }
 
@@ -386,41 +379,28 @@ impl TeamService for TeamApi {
                 .flatten(),
             password_hash: None,
         };
-        // Counted before the lookup and refunded unless the token was bad: concurrent guesses
-        // cannot all pass a check made before any of them is recorded.
-        if let Err(wait) = self.bad_tokens.try_acquire(caller) {
-            return Err(with_reason(
-                tonic::Code::ResourceExhausted,
-                "TOO_MANY_ATTEMPTS",
-                format!(
-                    "too many invalid invitation tokens from this address: retry in {wait} s, with the link from the invitation email"
-                ),
-            ));
-        }
-        // Hashed only once the caller is within its budget: hashing is deliberately costly.
-        if let Some(p) = &password {
-            match self.app.hash_password(p).await {
-                Ok(hash) => acceptance.password_hash = Some(hash),
-                Err(e) => {
-                    self.bad_tokens.refund(caller);
-                    return Err(e.into());
-                }
+        // Counted as a bad token while in flight, so concurrent guesses cannot all pass a
+        // check made before any of them is recorded.
+        let accept = async {
+            // Hashed only once the caller is within its budget: hashing is deliberately costly.
+            if let Some(p) = &password {
+                acceptance.password_hash = Some(self.app.hash_password(p).await?);
             }
-        }
-        let (member, org, token) = match self.app.accept_invitation(&ctx, secret, acceptance).await
-        {
-            Ok(accepted) => {
-                self.bad_tokens.refund(caller);
-                accepted
-            }
-            Err(AppError::Domain(e)) if e.reason() == "INVITATION_NOT_FOUND" => {
-                return Err(e.into());
-            }
-            Err(e) => {
-                self.bad_tokens.refund(caller);
-                return Err(e.into());
-            }
+            self.app.accept_invitation(&ctx, secret, acceptance).await
         };
+        let (member, org, token) = self
+            .bad_tokens
+            .limit(caller, accept, |e| e.has_reason("INVITATION_NOT_FOUND"))
+            .await
+            .map_err(|wait| {
+                with_reason(
+                    tonic::Code::ResourceExhausted,
+                    "TOO_MANY_ATTEMPTS",
+                    format!(
+                        "too many invalid invitation tokens from this address: retry in {wait} s, with the link from the invitation email"
+                    ),
+                )
+            })??;
         Ok(Response::new(pb::AcceptInvitationResponse {
             member: Some(convert::member(&member)),
             organization: Some(convert::organization(&org)),
@@ -535,11 +515,12 @@ impl TeamService for TeamApi {
             since: time("since", &req.since)?,
             until: time("until", &req.until)?,
         };
-        let page = page_request("audit", &id.to_string(), req.page_size, &req.page_token)?;
+        let scope = id.to_string();
+        let page = page_request("audit", &scope, req.page_size, &req.page_token)?;
         let page = self.app.list_audit_events(&ctx, &id, filter, page).await?;
         Ok(Response::new(pb::ListAuditEventsResponse {
             events: page.items.iter().map(convert::audit_event).collect(),
-            next_page_token: next_token("audit", &id.to_string(), page.next),
+            next_page_token: next_token("audit", &scope, page.next),
         }))
     }
 

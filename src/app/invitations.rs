@@ -113,6 +113,23 @@ impl BadTokenLimiter {
         Ok(())
     }
 
+    /// Runs `attempt` within the caller's budget (`Err(seconds to wait)` when over it). The
+    /// attempt counts as a failure while it runs and is given back unless `failed` says its
+    /// error was one.
+    pub async fn limit<T, E>(
+        &self,
+        caller: Option<IpAddr>,
+        attempt: impl Future<Output = Result<T, E>>,
+        failed: impl FnOnce(&E) -> bool,
+    ) -> Result<Result<T, E>, u64> {
+        self.try_acquire(caller)?;
+        let outcome = attempt.await;
+        if !matches!(&outcome, Err(e) if failed(e)) {
+            self.refund(caller);
+        }
+        Ok(outcome)
+    }
+
     /// Gives back an attempt taken by [`try_acquire`](Self::try_acquire) that did not fail.
     pub fn refund(&self, caller: Option<IpAddr>) {
         let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());

@@ -37,6 +37,13 @@ pub enum AppError {
     Store(#[from] StoreError),
 }
 
+impl AppError {
+    /// Whether this is the domain error with `reason`.
+    pub fn has_reason(&self, reason: &str) -> bool {
+        matches!(self, AppError::Domain(d) if d.reason() == reason)
+    }
+}
+
 impl From<sea_orm::DbErr> for AppError {
     fn from(e: sea_orm::DbErr) -> Self {
         AppError::Store(e.into())

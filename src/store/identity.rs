@@ -188,18 +188,9 @@ pub async fn failures_since<C: ConnectionTrait>(
     Ok((n, oldest))
 }
 
-/// Serializes sign-in attempts for one subject until the transaction ends. On SQLite write
-/// transactions are serialized already; on PostgreSQL this takes an advisory lock.
+/// Serializes sign-in attempts for one subject until the transaction ends.
 pub async fn lock_subject<C: ConnectionTrait>(c: &C, subject: &str) -> Result<(), StoreError> {
-    if c.get_database_backend() == sea_orm::DbBackend::Postgres {
-        c.execute_raw(sea_orm::Statement::from_sql_and_values(
-            sea_orm::DbBackend::Postgres,
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            [format!("auth_failures:{subject}").into()],
-        ))
-        .await?;
-    }
-    Ok(())
+    super::advisory_xact_lock(c, &format!("auth_failures:{subject}")).await
 }
 
 pub async fn record_failure<C: ConnectionTrait>(

@@ -68,6 +68,20 @@ pub struct StoreOptions {
     pub pg_schema: Option<String>,
 }
 
+/// Holds the PostgreSQL advisory lock named `key` until the transaction ends. Nothing on
+/// SQLite, whose write transactions are serialized already.
+pub async fn advisory_xact_lock<C: ConnectionTrait>(c: &C, key: &str) -> Result<(), StoreError> {
+    if c.get_database_backend() == DbBackend::Postgres {
+        c.execute_raw(sea_orm::Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            [key.into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
 impl Store {
     pub async fn connect(opts: &StoreOptions) -> Result<Store, StoreError> {
         let mut co = ConnectOptions::new(opts.url.clone());

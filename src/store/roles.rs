@@ -89,11 +89,8 @@ pub async fn sync_built_in<C: ConnectionTrait>(
     policy: &Policy,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    if c.get_database_backend() == sea_orm::DbBackend::Postgres {
-        // Replicas starting together would otherwise race on the same rows.
-        c.execute_unprepared("SELECT pg_advisory_xact_lock(715004)")
-            .await?;
-    }
+    // Replicas starting together would otherwise race on the same rows.
+    super::advisory_xact_lock(c, "built_in_roles").await?;
     roles::Entity::delete_many()
         .filter(roles::Column::OrgId.eq(BUILT_IN_ORG))
         .exec(c)
