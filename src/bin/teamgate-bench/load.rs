@@ -116,6 +116,12 @@ pub struct LoadSettings {
     pub duration: Duration,
 }
 
+/// Worker `w`'s own random generator, derived from the run's seed (the multiplication spreads
+/// neighbouring workers apart and is meant to wrap).
+pub fn worker_rng(seed: u64, w: usize) -> SmallRng {
+    SmallRng::seed_from_u64(seed ^ (w as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
 /// A latency histogram in nanoseconds, from 1 µs to 2 minutes at 3 significant digits.
 pub fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1_000, 120_000_000_000, 3).context("creating a histogram")
@@ -170,7 +176,7 @@ pub async fn run(
         let mut all = new_histogram()?;
         let mut writes = new_histogram()?;
         tasks.push(tokio::spawn(async move {
-            let mut rng = SmallRng::seed_from_u64(seed ^ ((w as u64 + 1) * 0x9E37_79B9_7F4A_7C15));
+            let mut rng = worker_rng(seed, w);
             let mut errors = 0u64;
             let mut first_error = None;
             loop {

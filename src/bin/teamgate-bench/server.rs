@@ -165,19 +165,7 @@ impl ServerProcess {
     }
 
     pub fn memory(&self) -> anyhow::Result<Memory> {
-        let path = format!("/proc/{}/status", self.pid());
-        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        let field = |name: &str| -> anyhow::Result<u64> {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-                .with_context(|| format!("{name} missing from {path}"))
-        };
-        Ok(Memory {
-            peak_rss_kib: field("VmHWM:")?,
-            rss_kib: field("VmRSS:")?,
-        })
+        memory_of(self.pid())
     }
 
     /// The last lines of the process's log, for error messages.
@@ -204,4 +192,21 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Memory of any process, from `/proc/<pid>/status`.
+pub fn memory_of(pid: u32) -> anyhow::Result<Memory> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("{name} missing from {path}"))
+    };
+    Ok(Memory {
+        peak_rss_kib: field("VmHWM:")?,
+        rss_kib: field("VmRSS:")?,
+    })
 }

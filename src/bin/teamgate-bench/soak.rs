@@ -13,17 +13,17 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use hdrhistogram::Histogram;
+use rand::Rng;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 use teamgate::domain::policy::Policy;
 use teamgate::proto::teamgate::v1 as pb;
 use tonic::metadata::{Ascii, MetadataValue};
 
-use crate::load::{ACTOR_HEADER, Conn, new_histogram};
+use crate::load::{ACTOR_HEADER, Conn, new_histogram, worker_rng};
 use crate::private::{OwnPostgres, OwnRedis};
 use crate::scenarios::{PERMISSIONS, at_least_as_fresh, fully_consistent, minimize_latency};
 use crate::seed::{self, Dataset};
-use crate::server::{ServerProcess, TeamgateSpec, free_addr};
+use crate::server::{ServerProcess, TeamgateSpec, free_addr, memory_of};
 use crate::soak_report::{
     Event, KILL_EVENT, Outcome, RssSample, SevereError, SoakReport, Verification, Window,
 };
@@ -155,17 +155,9 @@ struct Worker {
 }
 
 impl Worker {
-    fn record(&mut self, sent: Instant, outcome: &Result<(), tonic::Status>) -> anyhow::Result<()> {
-        let read = !matches!(self.pool, Pool::Writer);
-        self.record_kind(sent, outcome, read)
-    }
-
-    fn record_kind(
-        &mut self,
-        sent: Instant,
-        outcome: &Result<(), tonic::Status>,
-        read: bool,
-    ) -> anyhow::Result<()> {
+    /// Records one call sent at `sent`; a reader's answers also count as reads.
+    fn record(&mut self, sent: Instant, outcome: Result<(), &tonic::Status>) -> anyhow::Result<()> {
+        let read = self.pool == Pool::Reader;
         let w = self.shared.window_of(sent);
         if self.log.windows.len() <= w {
             self.log.windows.resize_with(w + 1, || None);
@@ -248,7 +240,7 @@ impl Worker {
             })
             .await
             .map(|r| r.into_inner().allowed);
-        self.record(sent, &answer.as_ref().map(|_| ()).map_err(Clone::clone))?;
+        self.record(sent, answer.as_ref().map(|_| ()))?;
         if let Ok(allowed) = answer
             && allowed != self.shared.expected(member, permission)
         {
@@ -284,7 +276,7 @@ impl Worker {
             })
             .await
             .map(|r| r.into_inner().results);
-        self.record(sent, &answer.as_ref().map(|_| ()).map_err(Clone::clone))?;
+        self.record(sent, answer.as_ref().map(|_| ()))?;
         if let Ok(results) = answer {
             if results.len() != picks.len() {
                 self.wrong(format!(
@@ -326,7 +318,7 @@ impl Worker {
         );
         let sent = Instant::now();
         let written = self.conn.team.update_member_role(request).await;
-        self.record(sent, &written.as_ref().map(|_| ()).map_err(Clone::clone))?;
+        self.record(sent, written.as_ref().map(|_| ()))?;
         let Some(state) = self.log.toggles.get_mut(&org) else {
             return Ok(());
         };
@@ -354,7 +346,7 @@ impl Worker {
             })
             .await
             .map(|r| r.into_inner().allowed);
-        self.record(sent, &answer.as_ref().map(|_| ()).map_err(Clone::clone))?;
+        self.record(sent, answer.as_ref().map(|_| ()))?;
         if let Ok(allowed) = answer
             && allowed != (role == "manager")
         {
@@ -381,7 +373,7 @@ impl Worker {
         );
         let sent = Instant::now();
         let answer = self.conn.team.invite_member(request).await;
-        self.record(sent, &answer.as_ref().map(|_| ()).map_err(Clone::clone))?;
+        self.record(sent, answer.as_ref().map(|_| ()))?;
         match answer {
             Ok(r) => {
                 let id = r.into_inner().invitation.map(|i| i.id).unwrap_or_default();
@@ -414,17 +406,9 @@ fn log(msg: impl AsRef<str>) {
     eprintln!("[teamgate-bench soak] {}", msg.as_ref());
 }
 
+/// A process's RSS, or `None` once it has gone.
 fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
+    memory_of(pid).ok().map(|m| m.rss_mib())
 }
 
 /// The replica the fault schedule kills and restarts, with its pid for the RSS sampler.
@@ -670,7 +654,7 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
             pool,
             replica,
             conn,
-            rng: SmallRng::seed_from_u64(args.seed ^ ((id as u64 + 1) * 0x9E37_79B9_7F4A_7C15)),
+            rng: worker_rng(args.seed, id),
             own_orgs,
             shared: shared.clone(),
             log: WorkerLog::default(),
