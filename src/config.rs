@@ -257,6 +257,12 @@ pub struct InvitationConfig {
     pub ttl_hours: u64,
     /// The accept link in invitation emails is this URL followed by the token.
     pub accept_url_base: String,
+    /// Whether InviteMember and ResendInvitation put the token in their response. Whoever
+    /// holds a token can accept the invitation, so by default it travels only by the
+    /// invitation email; unset, it is returned only on a loopback server without service keys
+    /// (development). Turn it on for a calling backend that delivers the email itself.
+    /// While it is on, AcceptInvitation refuses a `password` (the inviter knew the token).
+    pub return_token: Option<bool>,
 }
 
 /// Accounts and sign-in.
@@ -293,6 +299,13 @@ pub struct IdentityConfig {
     pub reset_url_base: String,
     /// The issuer shown by authenticator apps.
     pub totp_issuer: String,
+    /// The `iss` claim of session tokens; verifiers check it.
+    pub issuer: String,
+    /// The `aud` claim of session tokens; verifiers check it.
+    pub audience: String,
+    /// Password reset requests per email address within `failure_window_secs`; further
+    /// requests are answered as usual but send nothing.
+    pub max_reset_requests_per_email: u32,
 }
 
 impl Default for IdentityConfig {
@@ -312,6 +325,9 @@ impl Default for IdentityConfig {
             reset_ttl_secs: 3600,
             reset_url_base: "http://localhost:3000/password/reset?token=".into(),
             totp_issuer: "teamgate".into(),
+            issuer: "teamgate".into(),
+            audience: "teamgate".into(),
+            max_reset_requests_per_email: 3,
         }
     }
 }
@@ -571,11 +587,22 @@ impl Default for CacheConfig {
     }
 }
 
+impl Config {
+    /// Whether invitation tokens go back to the inviting caller (see
+    /// [`InvitationConfig::return_token`]).
+    pub fn returns_invitation_tokens(&self) -> bool {
+        self.invitations
+            .return_token
+            .unwrap_or_else(|| self.auth.keys.is_empty() && self.listen.ip().is_loopback())
+    }
+}
+
 impl Default for InvitationConfig {
     fn default() -> Self {
         InvitationConfig {
             ttl_hours: 7 * 24,
             accept_url_base: "http://localhost:3000/invitations/accept?token=".into(),
+            return_token: None,
         }
     }
 }

@@ -264,6 +264,7 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
             invitation_ttl: chrono::Duration::hours(
                 i64::try_from(config.invitations.ttl_hours).unwrap_or(168),
             ),
+            return_invitation_tokens: config.returns_invitation_tokens(),
             identity: crate::app::identity::IdentitySettings::from_config(&config.identity),
         },
         decisions,

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tonic::Code;
 use tower::{Layer, Service};
 
-use super::context::CallerKey;
+use super::context::{AdminCaller, CallerKey};
 use super::error::with_reason;
 use crate::domain::token::hash_secret;
 
@@ -138,6 +138,15 @@ impl Keys {
 
     /// Authenticates and authorizes a call to `path`; returns the key's name.
     pub fn admit(&self, path: &str, header: Option<&str>) -> Result<Option<String>, tonic::Status> {
+        Ok(self.admit_key(path, header)?.map(|k| k.name.clone()))
+    }
+
+    /// Authenticates and authorizes a call to `path`; returns the key, if the call needs one.
+    pub fn admit_key(
+        &self,
+        path: &str,
+        header: Option<&str>,
+    ) -> Result<Option<&ServiceKey>, tonic::Status> {
         if self.is_empty() {
             return Ok(None);
         }
@@ -170,7 +179,7 @@ impl Keys {
                 ),
             ));
         }
-        Ok(Some(key.name.clone()))
+        Ok(Some(key))
     }
 }
 
@@ -244,15 +253,18 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        match self.keys.admit(&path, header) {
+        match self.keys.admit_key(&path, header) {
             Err(status) => Box::pin(async move {
                 drop(permit);
                 Ok(status.into_http())
             }),
-            Ok(name) => {
-                if let Some(name) = name {
-                    tracing::Span::current().record("service_key", name.as_str());
-                    req.extensions_mut().insert(CallerKey(name));
+            Ok(key) => {
+                if let Some(key) = key {
+                    tracing::Span::current().record("service_key", key.name.as_str());
+                    if key.scopes.contains(&Scope::Admin) {
+                        req.extensions_mut().insert(AdminCaller);
+                    }
+                    req.extensions_mut().insert(CallerKey(key.name.clone()));
                 }
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);

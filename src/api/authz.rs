@@ -8,7 +8,7 @@ use super::error::invalid;
 use super::paging::{next_token, page_request};
 use crate::app::App;
 use crate::app::authz::{Freshness, Pair, Reason, Subject};
-use crate::domain::consistency::ConsistencyToken;
+use crate::domain::consistency::{ConsistencyToken, decode_all};
 use crate::domain::ids::{OrgId, UserId};
 use crate::proto::teamgate::v1 as pb;
 use crate::proto::teamgate::v1::authz_service_server::AuthzService;
@@ -32,7 +32,7 @@ fn freshness(c: &Option<pb::Consistency>) -> Result<Freshness, Status> {
         Some(Requirement::FullyConsistent(false)) => Freshness::MinimizeLatency,
         Some(Requirement::FullyConsistent(true)) => Freshness::FullyConsistent,
         Some(Requirement::AtLeastAsFresh(t)) if t.is_empty() => Freshness::MinimizeLatency,
-        Some(Requirement::AtLeastAsFresh(t)) => Freshness::AtLeast(ConsistencyToken::decode(t)?),
+        Some(Requirement::AtLeastAsFresh(t)) => Freshness::AtLeast(decode_all(t)?.into()),
     })
 }
 

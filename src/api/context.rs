@@ -14,6 +14,10 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 #[derive(Debug, Clone)]
 pub struct CallerKey(pub String);
 
+/// Marks a call made with a key holding the `admin` scope (the platform operator).
+#[derive(Debug, Clone, Copy)]
+pub struct AdminCaller;
+
 /// The request id assigned by the middleware (or echoed from the caller).
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
@@ -42,9 +46,11 @@ pub fn ctx<T>(req: &Request<T>) -> Result<RequestCtx, DomainError> {
         .or_else(|| header(md, REQUEST_ID_HEADER).map(|s| s.chars().take(128).collect()))
         .unwrap_or_default();
     let key_name = req.extensions().get::<CallerKey>().map(|k| k.0.clone());
+    let operator = req.extensions().get::<AdminCaller>().is_some();
     Ok(RequestCtx {
         actor,
         request_id,
         key_name,
+        operator,
     })
 }

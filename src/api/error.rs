@@ -40,6 +40,9 @@ impl From<DomainError> for Status {
             DomainError::Precondition { message, .. } => {
                 status(Code::FailedPrecondition, message, reason, None)
             }
+            DomainError::Exhausted { message, .. } => {
+                status(Code::ResourceExhausted, message, reason, None)
+            }
         }
     }
 }

@@ -51,6 +51,7 @@ pub fn user(u: &UserRow) -> pb::User {
         status: status.into(),
         mfa_enabled: u.mfa_enabled,
         created_at: Some(timestamp(u.created_at)),
+        consistency_token: String::new(),
     }
 }
 
@@ -140,8 +141,11 @@ impl IdentityService for IdentityApi {
                 .into());
             }
         };
-        let u = self.app.set_user_status(&ctx, id, status).await?;
-        Ok(Response::new(user(&u)))
+        let (u, consistency_token) = self.app.set_user_status(&ctx, id, status).await?;
+        Ok(Response::new(pb::User {
+            consistency_token,
+            ..user(&u)
+        }))
     }
 
     async fn authenticate(
@@ -245,10 +249,11 @@ impl IdentityService for IdentityApi {
         let ctx = ctx(&request)?;
         let req = request.into_inner();
         let id = UserId::parse("user_id", &req.user_id)?;
-        self.app
+        let consistency_token = self
+            .app
             .set_totp(&ctx, id, bounded("code", &req.code)?, true)
             .await?;
-        Ok(Response::new(pb::ConfirmTotpResponse {}))
+        Ok(Response::new(pb::ConfirmTotpResponse { consistency_token }))
     }
 
     async fn disable_totp(
@@ -258,9 +263,10 @@ impl IdentityService for IdentityApi {
         let ctx = ctx(&request)?;
         let req = request.into_inner();
         let id = UserId::parse("user_id", &req.user_id)?;
-        self.app
+        let consistency_token = self
+            .app
             .set_totp(&ctx, id, bounded("code", &req.code)?, false)
             .await?;
-        Ok(Response::new(pb::DisableTotpResponse {}))
+        Ok(Response::new(pb::DisableTotpResponse { consistency_token }))
     }
 }

@@ -279,7 +279,7 @@ impl TeamService for TeamApi {
         let (inv, secret, token) = self.app.invite_member(&ctx, &id, invitation).await?;
         Ok(Response::new(pb::InviteMemberResponse {
             invitation: Some(convert::invitation(&inv)),
-            token: secret,
+            token: secret.unwrap_or_default(),
             consistency_token: token,
         }))
     }
@@ -325,7 +325,7 @@ impl TeamService for TeamApi {
         let (inv, secret, token) = self.app.resend_invitation(&ctx, &id).await?;
         Ok(Response::new(pb::ResendInvitationResponse {
             invitation: Some(convert::invitation(&inv)),
-            token: secret,
+            token: secret.unwrap_or_default(),
             consistency_token: token,
         }))
     }

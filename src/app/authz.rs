@@ -81,12 +81,23 @@ impl Subject {
 }
 
 /// How fresh an answer must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Freshness {
     #[default]
     MinimizeLatency,
-    AtLeast(ConsistencyToken),
+    /// At least the versions a token names (one per org; orgs it does not name are read
+    /// with minimal latency).
+    AtLeast(Arc<[ConsistencyToken]>),
     FullyConsistent,
+}
+
+impl Freshness {
+    fn min_version(&self, org: &OrgId) -> Option<i64> {
+        match self {
+            Freshness::AtLeast(ts) => ts.iter().find(|t| t.org == *org).map(|t| t.version),
+            _ => None,
+        }
+    }
 }
 
 pub struct Decisions {
@@ -166,14 +177,10 @@ impl Decisions {
         match freshness {
             Freshness::FullyConsistent => missing = unique,
             _ => {
-                let min_version = |org: &OrgId| match freshness {
-                    Freshness::AtLeast(t) if t.org == *org => Some(t.version),
-                    _ => None,
-                };
                 let cached = self.cache.get_many(&unique).await;
                 for (pair, hit) in unique.into_iter().zip(cached) {
                     match hit {
-                        Some(s) if fresh_enough(&s, min_version(&pair.0)) => {
+                        Some(s) if fresh_enough(&s, freshness.min_version(&pair.0)) => {
                             found.insert(pair, s);
                         }
                         _ => missing.push(pair),

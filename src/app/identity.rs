@@ -7,9 +7,11 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 
 use super::{App, AppResult, RequestCtx};
+use super::ensure_account_active;
 use crate::domain::DomainError;
+use crate::domain::consistency::{self, ConsistencyToken};
 use crate::domain::email::Email;
-use crate::domain::ids::{EventId, UserId};
+use crate::domain::ids::{EventId, OrgId, UserId};
 use crate::domain::password::{self, HashParams, NewPassword, Verified};
 use crate::domain::sealed::Sealer;
 use crate::domain::session::{self, Claims};
@@ -18,7 +20,7 @@ use crate::domain::totp;
 use crate::store::identity::{self as ids_store, ResetTokenRow, SigningKeyRow, UserChanges};
 use crate::store::outbox::OutboxRow;
 use crate::store::users::UserRow;
-use crate::store::{audit, orgs, outbox, users};
+use crate::store::{audit, members, orgs, outbox, users};
 
 /// The outbox kind of password reset emails.
 pub const PASSWORD_RESET_EMAIL: &str = "password_reset_email";
@@ -44,6 +46,9 @@ pub struct IdentitySettings {
     pub reset_ttl: Duration,
     pub reset_url_base: String,
     pub totp_issuer: String,
+    pub issuer: String,
+    pub audience: String,
+    pub max_reset_requests_per_email: u32,
 }
 
 impl Default for IdentitySettings {
@@ -61,6 +66,9 @@ impl Default for IdentitySettings {
             reset_ttl: Duration::hours(1),
             reset_url_base: String::new(),
             totp_issuer: "teamgate".into(),
+            issuer: "teamgate".into(),
+            audience: "teamgate".into(),
+            max_reset_requests_per_email: 3,
         }
     }
 }
@@ -93,6 +101,9 @@ impl IdentitySettings {
             reset_ttl: secs(c.reset_ttl_secs),
             reset_url_base: c.reset_url_base.clone(),
             totp_issuer: c.totp_issuer.clone(),
+            issuer: c.issuer.clone(),
+            audience: c.audience.clone(),
+            max_reset_requests_per_email: c.max_reset_requests_per_email,
         }
     }
 }
@@ -153,6 +164,66 @@ struct AccountEvent<'a> {
     actor: &'a str,
     action: &'a str,
     user_id: &'a str,
+    /// Whether the change feed carries it too: account changes that alter decisions or the
+    /// roster do; sign-in activity does not (it stays in the audit log, behind `audit.view`).
+    fed: bool,
+}
+
+impl<'a> AccountEvent<'a> {
+    /// A change to the account (fed to the change feed).
+    fn change(actor: &'a str, action: &'a str, user_id: &'a str) -> Self {
+        AccountEvent {
+            actor,
+            action,
+            user_id,
+            fed: true,
+        }
+    }
+
+    /// The user's own sign-in activity (audit log only).
+    fn activity(action: &'a str, user_id: &'a str) -> Self {
+        AccountEvent {
+            actor: user_id,
+            action,
+            user_id,
+            fed: false,
+        }
+    }
+}
+
+/// The same answer whether the account does not exist or the caller may not see it.
+fn user_hidden() -> DomainError {
+    user_not_found("with that id or email that you may see")
+}
+
+fn not_an_admin(message: String) -> DomainError {
+    DomainError::denied("NOT_AN_ADMIN", message)
+}
+
+fn too_many_attempts(wait_secs: i64) -> DomainError {
+    DomainError::exhausted(
+        "TOO_MANY_ATTEMPTS",
+        format!("too many failed attempts: retry in {} s", wait_secs.max(1)),
+    )
+}
+
+/// Consistency tokens for the orgs an account change locked.
+fn tokens_for(locked: &[(String, i64)]) -> String {
+    let tokens: Vec<ConsistencyToken> = locked
+        .iter()
+        .filter_map(|(org, version)| {
+            OrgId::from_stored(org).map(|org| ConsistencyToken {
+                org,
+                version: *version,
+            })
+        })
+        .collect();
+    consistency::encode_all(&tokens)
+}
+
+/// The subject under which password reset requests for one address are counted.
+fn reset_subject(email: &str) -> String {
+    hash_secret(&format!("reset:{email}"))
 }
 
 fn user_not_found(what: &str) -> DomainError {
@@ -204,6 +275,7 @@ async fn verify_blocking(params: HashParams, stored: Option<String>, password: S
     .unwrap_or(Verified::No)
 }
 
+
 impl App {
     fn identity(&self) -> &IdentitySettings {
         &self.settings.identity
@@ -229,18 +301,19 @@ impl App {
         diff: (Option<Value>, Option<Value>),
     ) -> AppResult<()> {
         for org in org_ids {
-            audit::insert(
-                c,
-                self.audit_event(
-                    ctx,
-                    org,
-                    event.actor,
-                    event.action,
-                    &format!("user:{}", event.user_id),
-                    diff.clone(),
-                ),
-            )
-            .await?;
+            let row = self.audit_event(
+                ctx,
+                org,
+                event.actor,
+                event.action,
+                &format!("user:{}", event.user_id),
+                diff.clone(),
+            );
+            if event.fed {
+                audit::insert(c, row).await?;
+            } else {
+                audit::insert_without_feed(c, row).await?;
+            }
         }
         Ok(())
     }
@@ -266,27 +339,69 @@ impl App {
         }
     }
 
-    #[tracing::instrument(skip_all)]
-    pub async fn get_user(&self, _ctx: &RequestCtx, user: UserRef) -> AppResult<UserRow> {
-        let c = self.store.conn();
-        Ok(match user {
-            UserRef::Id(id) => users::find(c, &id.to_string())
-                .await?
-                .ok_or_else(|| user_not_found(&format!("with id {id}")))?,
-            UserRef::Email(e) => users::find_by_email(c, e.as_str())
-                .await?
-                .ok_or_else(|| user_not_found("with that email"))?,
-        })
+    /// Refuses while the account (or address) `subject` has had too many failures lately.
+    async fn ensure_not_throttled<C: sea_orm::ConnectionTrait>(
+        &self,
+        c: &C,
+        subject: &str,
+    ) -> AppResult<()> {
+        let settings = self.identity();
+        let now = self.now();
+        let (failures, oldest) =
+            ids_store::failures_since(c, subject, now - settings.failure_window).await?;
+        if failures >= u64::from(settings.max_failures) {
+            let wait = oldest.map_or(1, |o| (o + settings.failure_window - now).num_seconds());
+            return Err(too_many_attempts(wait).into());
+        }
+        Ok(())
     }
 
-    fn require_self(ctx: &RequestCtx, user: UserId, what: &str) -> Result<(), DomainError> {
+    /// Reads an account for the platform operator, the user themselves, or a holder of
+    /// `members.view` in one of the user's orgs; to anyone else it does not exist.
+    #[tracing::instrument(skip_all)]
+    pub async fn get_user(&self, ctx: &RequestCtx, user: UserRef) -> AppResult<UserRow> {
+        let c = self.store.conn();
+        if !ctx.operator {
+            self.active_actor(c, ctx).await?;
+        }
+        let row = match user {
+            UserRef::Id(id) => users::find(c, &id.to_string()).await?,
+            UserRef::Email(e) => users::find_by_email(c, e.as_str()).await?,
+        }
+        .ok_or_else(user_hidden)?;
+        if ctx.operator || ctx.actor.is_some_and(|a| a.to_string() == row.id) {
+            return Ok(row);
+        }
+        for org in ids_store::org_ids_of(c, &row.id).await? {
+            if self.authorize(c, ctx, &org, "members.view").await.is_ok() {
+                return Ok(row);
+            }
+        }
+        Err(user_hidden().into())
+    }
+
+    /// The user's own account, active, for calls a user makes about themselves; `lock` holds
+    /// the row until the transaction ends.
+    async fn own_account<C: sea_orm::ConnectionTrait>(
+        &self,
+        c: &C,
+        ctx: &RequestCtx,
+        user: UserId,
+        what: &str,
+    ) -> AppResult<UserRow> {
         if ctx.actor()? != user {
             return Err(DomainError::denied(
                 "NOT_THE_USER",
                 format!("only the user themselves may {what}"),
-            ));
+            )
+            .into());
         }
-        Ok(())
+        let id = user.to_string();
+        let row = users::lock(c, &id)
+            .await?
+            .ok_or_else(|| user_not_found(&format!("with id {id}")))?;
+        ensure_account_active(&row)?;
+        Ok(row)
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %user))]
@@ -297,12 +412,11 @@ impl App {
         first_name: Option<String>,
         last_name: Option<String>,
     ) -> AppResult<UserRow> {
-        Self::require_self(ctx, user, "change their name")?;
         let id = user.to_string();
         let tx = self.store.write().await?;
-        let before = users::find(&*tx, &id)
-            .await?
-            .ok_or_else(|| user_not_found(&format!("with id {id}")))?;
+        let before = self
+            .own_account(&*tx, ctx, user, "change their name")
+            .await?;
         let now = self.now();
         ids_store::update_user(
             &*tx,
@@ -324,11 +438,7 @@ impl App {
                 &*tx,
                 ctx,
                 &org_ids,
-                AccountEvent {
-                    actor: &id,
-                    action: "user.updated",
-                    user_id: &id,
-                },
+                AccountEvent::change(&id, "user.updated", &id),
                 (Some(user_json(&before)), Some(user_json(&after))),
             )
             .await?;
@@ -337,40 +447,43 @@ impl App {
         Ok(after)
     }
 
+    /// Disables or enables an account. The actor must manage the user in every organization
+    /// the user belongs to (hold `members.manage` and outrank them there, as RemoveMember
+    /// requires), or call with an `admin`-scoped key: otherwise anyone could make a throw-away
+    /// org, get the victim into it, and switch the victim's account off everywhere.
+    ///
+    /// The user's row is locked first, so the set of their orgs cannot change (an
+    /// AcceptInvitation elsewhere waits) between the check, the change and the invalidation.
+    /// Returns the account and a consistency token naming every org whose answers changed.
     #[tracing::instrument(skip_all, fields(user_id = %user, status = status.as_str()))]
     pub async fn set_user_status(
         &self,
         ctx: &RequestCtx,
         user: UserId,
         status: UserStatus,
-    ) -> AppResult<UserRow> {
-        let actor = ctx.actor()?;
-        if actor == user {
+    ) -> AppResult<(UserRow, String)> {
+        if ctx.actor == Some(user) {
             return Err(DomainError::denied(
                 "CANNOT_CHANGE_OWN_STATUS",
                 "users cannot disable or enable their own account: ask an admin of one of your organizations",
             )
             .into());
         }
+        if !ctx.operator {
+            ctx.actor()?;
+        }
         let id = user.to_string();
         let tx = self.store.write().await?;
-        let before = users::find(&*tx, &id)
+        if !ctx.operator {
+            self.active_actor(&*tx, ctx).await?;
+        }
+        let before = users::lock(&*tx, &id)
             .await?
             .ok_or_else(|| user_not_found(&format!("with id {id}")))?;
         let locked = self.lock_user_orgs(&*tx, &id).await?;
-        let mut allowed = false;
-        for (org, _) in &locked {
-            if self.authorize(&*tx, ctx, org, MANAGE_MEMBERS).await.is_ok() {
-                allowed = true;
-                break;
-            }
-        }
-        if !allowed {
-            return Err(DomainError::denied(
-                "NOT_AN_ADMIN",
-                format!("actor lacks {MANAGE_MEMBERS} in every organization user {id} belongs to"),
-            )
-            .into());
+        if !ctx.operator {
+            self.ensure_manages_everywhere(&*tx, ctx, &id, &locked)
+                .await?;
         }
         let now = self.now();
         ids_store::update_user(
@@ -391,25 +504,69 @@ impl App {
             UserStatus::Active => "user.enabled",
             UserStatus::Disabled => "user.disabled",
         };
+        let actor = ctx.actor.map(|a| a.to_string()).unwrap_or_default();
         self.audit_user(
             &*tx,
             ctx,
             &org_ids,
-            AccountEvent {
-                actor: &actor.to_string(),
-                action,
-                user_id: &id,
-            },
+            AccountEvent::change(&actor, action, &id),
             (Some(user_json(&before)), Some(user_json(&after))),
         )
         .await?;
         tx.commit().await?;
         self.invalidate_all(&locked).await;
-        Ok(after)
+        Ok((after, tokens_for(&locked)))
+    }
+
+    /// The actor holds `members.manage` and outranks `target` in each of `orgs` (all of the
+    /// target's orgs), and there is at least one.
+    async fn ensure_manages_everywhere<C: sea_orm::ConnectionTrait>(
+        &self,
+        c: &C,
+        ctx: &RequestCtx,
+        target: &str,
+        orgs: &[(String, i64)],
+    ) -> AppResult<()> {
+        if orgs.is_empty() {
+            return Err(not_an_admin(format!(
+                "user {target} belongs to no organization: only the platform operator (a service key with the admin scope) can change their status"
+            ))
+            .into());
+        }
+        let owner_role = self.policy.owner_role();
+        for (org, _) in orgs {
+            let actor = match self.authorize(c, ctx, org, MANAGE_MEMBERS).await {
+                Ok(actor) => actor,
+                // The actor's own account state says more than "not an admin".
+                Err(e) if e.has_reason("USER_DISABLED") || e.has_reason("MFA_REQUIRED") => {
+                    return Err(e);
+                }
+                Err(_) => {
+                    return Err(not_an_admin(format!(
+                        "actor lacks {MANAGE_MEMBERS} in org {org}, where user {target} is a member: \
+                         only someone who manages the user in every organization they belong to can change their status"
+                    ))
+                    .into());
+                }
+            };
+            let Some(m) = members::find(c, org, target).await? else {
+                continue;
+            };
+            if let Some(current) = self.resolve_role(c, org, &m.role).await?
+                && actor.actor().may_manage(&current, owner_role).is_err()
+            {
+                return Err(not_an_admin(format!(
+                    "user {target} holds `{}` in org {org}, which the actor does not outrank",
+                    current.key
+                ))
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// Signs a user in. Every mismatch (unknown email, wrong password, disabled account,
-    /// missing or wrong code) answers the same `INVALID_CREDENTIALS`.
+    /// missing, wrong or reused code) answers the same `INVALID_CREDENTIALS`.
     #[tracing::instrument(skip_all)]
     pub async fn authenticate(
         &self,
@@ -447,7 +604,8 @@ impl App {
             password.to_owned(),
         )
         .await;
-        // Why a sign-in failed goes to the audit log only, never to the caller.
+        // Why a sign-in failed goes to the server log only: neither the caller nor the
+        // audit log (read by the org's admins) learns which factor was wrong.
         let mut why = None;
         let mut step = None;
         match &user {
@@ -472,6 +630,13 @@ impl App {
             Some(_) => {}
         }
         let tx = self.store.write().await?;
+        // A code counts once: of two sign-ins racing with the same code, only the one that
+        // moves the last used step forward gets in.
+        if let (None, Some(u), Some(step)) = (why, &user, step)
+            && !users::claim_totp_step(&*tx, &u.id, step).await?
+        {
+            why = Some("totp_reused");
+        }
         let org_ids = match &user {
             Some(u) => ids_store::org_ids_of(&*tx, &u.id).await?,
             None => Vec::new(),
@@ -482,12 +647,8 @@ impl App {
                     &*tx,
                     ctx,
                     &org_ids,
-                    AccountEvent {
-                        actor: &u.id,
-                        action: "user.sign_in_failed",
-                        user_id: &u.id,
-                    },
-                    (None, Some(json!({"user_id": u.id, "failure": why}))),
+                    AccountEvent::activity("user.sign_in_failed", &u.id),
+                    (None, Some(json!({"user_id": u.id}))),
                 )
                 .await?;
             }
@@ -503,27 +664,24 @@ impl App {
         } else {
             None
         };
-        ids_store::update_user(
-            &*tx,
-            &user.id,
-            UserChanges {
-                password_hash: rehash.clone(),
-                mfa_last_step: step.map(Some),
-                ..Default::default()
-            },
-            now,
-        )
-        .await?;
+        if rehash.is_some() {
+            ids_store::update_user(
+                &*tx,
+                &user.id,
+                UserChanges {
+                    password_hash: rehash.clone(),
+                    ..Default::default()
+                },
+                now,
+            )
+            .await?;
+        }
         ids_store::clear_failures(&*tx, &subject).await?;
         self.audit_user(
             &*tx,
             ctx,
             &org_ids,
-            AccountEvent {
-                actor: &user.id,
-                action: "user.signed_in",
-                user_id: &user.id,
-            },
+            AccountEvent::activity("user.signed_in", &user.id),
             (
                 None,
                 Some(json!({"user_id": user.id, "mfa": step.is_some(), "rehashed": rehash.is_some()})),
@@ -534,6 +692,8 @@ impl App {
         let (kid, seed) = self.active_signing_key().await?;
         let expires_at = now + settings.session_ttl;
         let claims = Claims {
+            iss: settings.issuer.clone(),
+            aud: settings.audience.clone(),
             sub: user.id.clone(),
             email: user.email.clone(),
             orgs: org_ids,
@@ -594,66 +754,77 @@ impl App {
     }
 
     /// Sends a reset link when the email has an active account; answers the same either way.
+    ///
+    /// Both paths do the same work up to the email itself (count the request for the
+    /// address under its lock, look the account up, commit), so neither the answer nor its
+    /// timing tells whether the account exists. Past `max_reset_requests_per_email` requests
+    /// within the failure window nothing is sent, so nobody floods an inbox through us.
     #[tracing::instrument(skip_all)]
     pub async fn request_password_reset(&self, ctx: &RequestCtx, email: Email) -> AppResult<()> {
-        let Some(user) = users::find_by_email(self.store.conn(), email.as_str()).await? else {
-            return Ok(());
-        };
-        if UserStatus::from_stored(&user.status) == UserStatus::Disabled {
-            return Ok(());
-        }
         let settings = self.identity();
         let now = self.now();
         let secret = new_secret();
+        let token_hash = hash_secret(&secret);
+        let subject = reset_subject(email.as_str());
         let tx = self.store.write().await?;
-        ids_store::insert_reset_token(
-            &*tx,
-            ResetTokenRow {
-                id: EventId::generate().to_string(),
-                user_id: user.id.clone(),
-                token_hash: hash_secret(&secret),
-                created_at: now,
-                expires_at: now + settings.reset_ttl,
-                used_at: None,
-            },
-        )
-        .await?;
-        outbox::insert(
-            &*tx,
-            OutboxRow {
-                id: EventId::generate().to_string(),
-                kind: PASSWORD_RESET_EMAIL.into(),
-                org_id: String::new(),
-                payload: json!({
-                    "user_id": user.id,
-                    "to": user.email,
-                    "first_name": user.first_name,
-                    "token": secret,
-                    "reset_url": format!("{}{secret}", settings.reset_url_base),
-                    "expires_at": (now + settings.reset_ttl).to_rfc3339(),
-                })
-                .to_string(),
-                attempts: 0,
-                next_attempt_at: now,
-                last_error: None,
-                created_at: now,
-                delivered_at: None,
-            },
-        )
-        .await?;
-        let org_ids = ids_store::org_ids_of(&*tx, &user.id).await?;
-        self.audit_user(
-            &*tx,
-            ctx,
-            &org_ids,
-            AccountEvent {
-                actor: &user.id,
-                action: "user.password_reset_requested",
-                user_id: &user.id,
-            },
-            (None, Some(json!({"user_id": user.id}))),
-        )
-        .await?;
+        ids_store::lock_subject(&*tx, &subject).await?;
+        let (recent, _) =
+            ids_store::failures_since(&*tx, &subject, now - settings.failure_window).await?;
+        ids_store::record_failure(&*tx, EventId::generate().to_string(), &subject, now).await?;
+        let user = users::find_by_email(&*tx, email.as_str())
+            .await?
+            .filter(|u| UserStatus::from_stored(&u.status) == UserStatus::Active);
+        let within_limit = recent < u64::from(settings.max_reset_requests_per_email);
+        if let (true, Some(user)) = (within_limit, user) {
+            // A new link retires the older ones: only the newest email works.
+            ids_store::retire_reset_tokens(&*tx, &user.id, now).await?;
+            ids_store::insert_reset_token(
+                &*tx,
+                ResetTokenRow {
+                    id: EventId::generate().to_string(),
+                    user_id: user.id.clone(),
+                    token_hash,
+                    created_at: now,
+                    expires_at: now + settings.reset_ttl,
+                    used_at: None,
+                },
+            )
+            .await?;
+            outbox::insert(
+                &*tx,
+                OutboxRow {
+                    id: EventId::generate().to_string(),
+                    kind: PASSWORD_RESET_EMAIL.into(),
+                    org_id: String::new(),
+                    payload: json!({
+                        "user_id": user.id,
+                        "to": user.email,
+                        "first_name": user.first_name,
+                        "token": secret,
+                        "reset_url": format!("{}{secret}", settings.reset_url_base),
+                        "expires_at": (now + settings.reset_ttl).to_rfc3339(),
+                    })
+                    .to_string(),
+                    attempts: 0,
+                    next_attempt_at: now,
+                    last_error: None,
+                    created_at: now,
+                    delivered_at: None,
+                },
+            )
+            .await?;
+            let org_ids = ids_store::org_ids_of(&*tx, &user.id).await?;
+            self.audit_user(
+                &*tx,
+                ctx,
+                &org_ids,
+                AccountEvent::activity("user.password_reset_requested", &user.id),
+                (None, Some(json!({"user_id": user.id}))),
+            )
+            .await?;
+        } else if !within_limit {
+            tracing::info!("password reset requests for one address over the limit: none sent");
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -697,11 +868,7 @@ impl App {
             &*tx,
             ctx,
             &org_ids,
-            AccountEvent {
-                actor: &user.id,
-                action: "user.password_reset",
-                user_id: &user.id,
-            },
+            AccountEvent::activity("user.password_reset", &user.id),
             (None, Some(json!({"user_id": user.id}))),
         )
         .await?;
@@ -710,15 +877,15 @@ impl App {
     }
 
     /// Starts TOTP enrolment: a new secret, not yet in force until confirmed with a code.
+    /// Open to members of orgs that require two-factor (that is how they comply).
     #[tracing::instrument(skip_all, fields(user_id = %user))]
     pub async fn enroll_totp(&self, ctx: &RequestCtx, user: UserId) -> AppResult<Enrollment> {
-        Self::require_self(ctx, user, "enrol in two-factor sign-in")?;
         let id = user.to_string();
         let settings = self.identity();
         let tx = self.store.write().await?;
-        let row = users::find(&*tx, &id)
-            .await?
-            .ok_or_else(|| user_not_found(&format!("with id {id}")))?;
+        let row = self
+            .own_account(&*tx, ctx, user, "enrol in two-factor sign-in")
+            .await?;
         if row.mfa_enabled {
             return Err(DomainError::precondition(
                 "MFA_ALREADY_ENABLED",
@@ -754,7 +921,9 @@ impl App {
     }
 
     /// Confirms enrolment (`enable = true`) or turns two-factor off (`enable = false`), each
-    /// with a current code. Either changes what Check answers in orgs that require MFA.
+    /// with a current code. Either changes what Check answers in orgs that require MFA, so
+    /// the answer is a consistency token naming the user's orgs. A wrong code counts against
+    /// the account's sign-in failure limit, like a wrong password.
     #[tracing::instrument(skip_all, fields(user_id = %user, enable))]
     pub async fn set_totp(
         &self,
@@ -762,15 +931,16 @@ impl App {
         user: UserId,
         code: &str,
         enable: bool,
-    ) -> AppResult<()> {
-        Self::require_self(ctx, user, "change their two-factor sign-in")?;
+    ) -> AppResult<String> {
         let id = user.to_string();
         let settings = self.identity();
         let now = self.now();
         let tx = self.store.write().await?;
-        let row = users::find(&*tx, &id)
-            .await?
-            .ok_or_else(|| user_not_found(&format!("with id {id}")))?;
+        let row = self
+            .own_account(&*tx, ctx, user, "change their two-factor sign-in")
+            .await?;
+        let subject = hash_secret(&row.email);
+        self.ensure_not_throttled(&*tx, &subject).await?;
         if row.mfa_enabled == enable {
             return Err(if enable {
                 DomainError::precondition(
@@ -792,8 +962,12 @@ impl App {
                     "no authenticator is enrolled: call EnrollTotp first",
                 )
             })?;
-        let step =
-            totp::verify(&secret, code, now, row.mfa_last_step).ok_or_else(Self::bad_code)?;
+        let Some(step) = totp::verify(&secret, code, now, row.mfa_last_step) else {
+            ids_store::record_failure(&*tx, EventId::generate().to_string(), &subject, now)
+                .await?;
+            tx.commit().await?;
+            return Err(Self::bad_code().into());
+        };
         let locked = self.lock_user_orgs(&*tx, &id).await?;
         ids_store::update_user(
             &*tx,
@@ -812,15 +986,15 @@ impl App {
             &*tx,
             ctx,
             &org_ids,
-            AccountEvent {
-                actor: &id,
-                action: if enable {
+            AccountEvent::change(
+                &id,
+                if enable {
                     "user.mfa_enabled"
                 } else {
                     "user.mfa_disabled"
                 },
-                user_id: &id,
-            },
+                &id,
+            ),
             (
                 Some(json!({"mfa_enabled": !enable})),
                 Some(json!({"mfa_enabled": enable})),
@@ -829,6 +1003,6 @@ impl App {
         .await?;
         tx.commit().await?;
         self.invalidate_all(&locked).await;
-        Ok(())
+        Ok(tokens_for(&locked))
     }
 }

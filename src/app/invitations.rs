@@ -167,6 +167,13 @@ fn invitation_json(row: &InvitationRow) -> serde_json::Value {
 }
 
 impl App {
+    /// The token as the inviting caller may see it: only where the deployment says the caller
+    /// delivers invitations itself (or in development). Otherwise it travels only by the
+    /// invitation email, so an inviter never holds a secret that opens the invitee's account.
+    fn handed_out(&self, secret: String) -> Option<String> {
+        self.settings.return_invitation_tokens.then_some(secret)
+    }
+
     fn view(&self, row: InvitationRow) -> InvitationView {
         let status = StoredState::from_stored(&row.state).status(row.expires_at, self.now());
         InvitationView { row, status }
@@ -260,7 +267,7 @@ impl App {
         ctx: &RequestCtx,
         org_id: &OrgId,
         req: NewInvitation,
-    ) -> AppResult<(InvitationView, String, String)> {
+    ) -> AppResult<(InvitationView, Option<String>, String)> {
         let id = org_id.to_string();
         let tx = self.store.write().await?;
         let org = orgs::lock_unchanged(&*tx, &id)
@@ -319,7 +326,7 @@ impl App {
         .await?;
         tx.commit().await?;
         self.decisions.invalidate_org(&id, org.version).await;
-        Ok((self.view(row), secret, token(&org)))
+        Ok((self.view(row), self.handed_out(secret), token(&org)))
     }
 
     pub async fn list_invitations(
@@ -377,7 +384,7 @@ impl App {
         &self,
         ctx: &RequestCtx,
         invitation_id: &InvitationId,
-    ) -> AppResult<(InvitationView, String, String)> {
+    ) -> AppResult<(InvitationView, Option<String>, String)> {
         let tx = self.store.write().await?;
         let (org, inv, actor) = self.managed_invitation(&tx, ctx, invitation_id).await?;
         inv.status.ensure_resendable()?;
@@ -428,7 +435,7 @@ impl App {
         .await?;
         tx.commit().await?;
         self.decisions.invalidate_org(&org.id, org.version).await;
-        Ok((self.view(row), secret, token(&org)))
+        Ok((self.view(row), self.handed_out(secret), token(&org)))
     }
 
     #[tracing::instrument(skip_all, fields(invitation_id = %invitation_id))]
@@ -508,9 +515,21 @@ impl App {
         let existing = self
             .ensure_not_member(&*tx, &org.id, &inv.row.email)
             .await?;
+        if acceptance.password_hash.is_some() && self.settings.return_invitation_tokens {
+            // The inviting caller was handed this token too: a password chosen with it could
+            // be the inviter's, who would then hold the invitee's sign-in everywhere.
+            return Err(DomainError::precondition(
+                "PASSWORD_NOT_ACCEPTED",
+                "this deployment returns invitation tokens to the inviter (invitations.return_token), so accepting cannot set a password: accept without one, then set it with RequestPasswordReset",
+            )
+            .into());
+        }
         let now = self.now();
         let user = match existing {
             Some(u) => {
+                // Locks the account so that a concurrent SetUserStatus, which locks the user
+                // before reading their orgs, sees this membership or runs entirely after it.
+                let u = users::lock(&*tx, &u.id).await?.unwrap_or(u);
                 // The token is a bearer secret that InviteMember also hands to the inviter: a
                 // password set with it on an existing account would let the inviter take over
                 // that person's sign-in everywhere. An existing account's password is set only

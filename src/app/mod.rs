@@ -56,6 +56,8 @@ pub type AppResult<T> = Result<T, AppError>;
 #[derive(Debug, Clone)]
 pub struct AppSettings {
     pub invitation_ttl: chrono::Duration,
+    /// Whether invitation tokens go back to the inviting caller as well as by email.
+    pub return_invitation_tokens: bool,
     pub identity: identity::IdentitySettings,
 }
 
@@ -63,6 +65,7 @@ impl Default for AppSettings {
     fn default() -> Self {
         AppSettings {
             invitation_ttl: chrono::Duration::days(7),
+            return_invitation_tokens: true,
             identity: identity::IdentitySettings::default(),
         }
     }
@@ -75,6 +78,9 @@ pub struct RequestCtx {
     pub request_id: String,
     /// The service key that authenticated the call, recorded in audit events.
     pub key_name: Option<String>,
+    /// Whether that key holds the `admin` scope: the platform operator, who may act on any
+    /// account.
+    pub operator: bool,
 }
 
 impl RequestCtx {
@@ -139,6 +145,17 @@ impl ActingMember {
             is_owner: self.is_owner,
         }
     }
+}
+
+/// A disabled account acts on nothing.
+pub(crate) fn ensure_account_active(account: &store::users::UserRow) -> Result<(), DomainError> {
+    if account.status == identity::STATUS_DISABLED {
+        return Err(DomainError::denied(
+            "USER_DISABLED",
+            "the acting user's account is disabled: an admin of their organization can enable it",
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn org_not_found(org_id: &str) -> DomainError {
@@ -252,7 +269,9 @@ impl App {
         Ok(member)
     }
 
-    /// The actor as a member of the org, without requiring a permission yet.
+    /// The actor as a member of the org, without requiring a permission yet. The actor's
+    /// account is held to its status and to the org's two-factor rule: a disabled account,
+    /// or one without two-factor in an org that requires it, manages nothing.
     pub(crate) async fn acting_member<C: ConnectionTrait>(
         &self,
         c: &C,
@@ -269,9 +288,25 @@ impl App {
                 ),
             )
         };
-        let Some(m) = store::members::find(c, org_id, &user_id.to_string()).await? else {
+        let Some((m, account)) = store::members::find_with_user(c, org_id, &user_id.to_string())
+            .await?
+        else {
             return Err(not_member().into());
         };
+        ensure_account_active(&account)?;
+        if !account.mfa_enabled
+            && store::orgs::find_live(c, org_id)
+                .await?
+                .is_some_and(|o| o.require_mfa)
+        {
+            return Err(DomainError::denied(
+                "MFA_REQUIRED",
+                format!(
+                    "org {org_id} requires two-factor sign-in and the actor has none: enrol with EnrollTotp and ConfirmTotp first"
+                ),
+            )
+            .into());
+        }
         let role = self
             .resolve_role(c, org_id, &m.role)
             .await?
@@ -283,6 +318,25 @@ impl App {
             is_owner,
             org: org_id.to_owned(),
         })
+    }
+
+    /// The actor's own account, when it is active: for calls that name an actor but no org.
+    pub(crate) async fn active_actor<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        ctx: &RequestCtx,
+    ) -> AppResult<store::users::UserRow> {
+        let user_id = ctx.actor()?;
+        let account = store::users::find(c, &user_id.to_string())
+            .await?
+            .ok_or_else(|| {
+                DomainError::denied(
+                    "UNKNOWN_ACTOR",
+                    format!("{user_id} in x-actor-user-id is not a known user"),
+                )
+            })?;
+        ensure_account_active(&account)?;
+        Ok(account)
     }
 
     /// Builds an audit row for the current request; `diff` is the target's state before and

@@ -293,6 +293,7 @@ impl App {
             .into());
         }
         let c = self.store.conn();
+        self.active_actor(c, ctx).await?;
         let rows = orgs::list_for_user(
             c,
             &user_id.to_string(),

@@ -20,6 +20,72 @@ struct Wire {
     v: i64,
 }
 
+/// A token for several orgs at once (an account change touches every org of the account).
+#[derive(Serialize, Deserialize)]
+struct ManyWire {
+    m: Vec<Wire>,
+}
+
+const PREFIX: &str = "ct1.";
+
+fn bad_token() -> DomainError {
+    DomainError::invalid_because(
+        "consistency.at_least_as_fresh",
+        "INVALID_CONSISTENCY_TOKEN",
+        "at_least_as_fresh is not a consistency_token returned by teamgate: pass one unchanged",
+    )
+}
+
+fn from_wire(w: Wire) -> Result<ConsistencyToken, DomainError> {
+    let org = OrgId::from_stored(&w.o).ok_or_else(bad_token)?;
+    if w.v < 0 {
+        return Err(bad_token());
+    }
+    Ok(ConsistencyToken {
+        org,
+        version: w.v,
+    })
+}
+
+/// Encodes the versions of several orgs as one token: empty for none, the one-org form for
+/// one. A Check uses the entry for its own org.
+pub fn encode_all(tokens: &[ConsistencyToken]) -> String {
+    match tokens {
+        [] => String::new(),
+        [one] => one.encode(),
+        many => {
+            let wire = ManyWire {
+                m: many
+                    .iter()
+                    .map(|t| Wire {
+                        o: t.org.to_string(),
+                        v: t.version,
+                    })
+                    .collect(),
+            };
+            let json = serde_json::to_vec(&wire).unwrap_or_default();
+            format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(json))
+        }
+    }
+}
+
+/// Decodes a token of one org or of several.
+pub fn decode_all(raw: &str) -> Result<Vec<ConsistencyToken>, DomainError> {
+    let body = raw.strip_prefix(PREFIX).ok_or_else(bad_token)?;
+    let bytes = URL_SAFE_NO_PAD.decode(body).map_err(|_| bad_token())?;
+    if let Ok(one) = serde_json::from_slice::<Wire>(&bytes) {
+        return Ok(vec![from_wire(one)?]);
+    }
+    let many: ManyWire = serde_json::from_slice(&bytes).map_err(|_| bad_token())?;
+    if many.m.is_empty() || many.m.len() > MAX_ORGS_PER_TOKEN {
+        return Err(bad_token());
+    }
+    many.m.into_iter().map(from_wire).collect()
+}
+
+/// Bounds the work a crafted token can cause.
+const MAX_ORGS_PER_TOKEN: usize = 10_000;
+
 impl ConsistencyToken {
     pub fn encode(&self) -> String {
         let wire = Wire {
@@ -27,28 +93,15 @@ impl ConsistencyToken {
             v: self.version,
         };
         let json = serde_json::to_vec(&wire).unwrap_or_default();
-        format!("ct1.{}", URL_SAFE_NO_PAD.encode(json))
+        format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(json))
     }
 
+    /// Decodes a token of exactly one org.
     pub fn decode(raw: &str) -> Result<ConsistencyToken, DomainError> {
-        let bad = || {
-            DomainError::invalid_because(
-                "consistency.at_least_as_fresh",
-                "INVALID_CONSISTENCY_TOKEN",
-                "at_least_as_fresh is not a consistency_token returned by teamgate: pass one unchanged",
-            )
-        };
-        let body = raw.strip_prefix("ct1.").ok_or_else(bad)?;
-        let bytes = URL_SAFE_NO_PAD.decode(body).map_err(|_| bad())?;
-        let wire: Wire = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-        let org = OrgId::from_stored(&wire.o).ok_or_else(bad)?;
-        if wire.v < 0 {
-            return Err(bad());
+        match decode_all(raw)?.as_slice() {
+            [one] => Ok(*one),
+            _ => Err(bad_token()),
         }
-        Ok(ConsistencyToken {
-            org,
-            version: wire.v,
-        })
     }
 }
 
@@ -66,11 +119,27 @@ mod tests {
         assert_eq!(ConsistencyToken::decode(&t.encode()).unwrap(), t);
     }
 
+    #[test]
+    fn tokens_of_several_orgs_round_trip_and_single_decode_refuses_them() {
+        let ts: Vec<ConsistencyToken> = (0..3)
+            .map(|v| ConsistencyToken {
+                org: OrgId::generate(),
+                version: v,
+            })
+            .collect();
+        assert_eq!(decode_all(&encode_all(&ts)).unwrap(), ts);
+        assert_eq!(decode_all(&encode_all(&ts[..1])).unwrap(), ts[..1]);
+        assert_eq!(encode_all(&ts[..1]), ts[0].encode());
+        assert!(ConsistencyToken::decode(&encode_all(&ts)).is_err());
+        assert_eq!(encode_all(&[]), "");
+    }
+
     proptest! {
         #[test]
         fn garbage_is_rejected_without_panic(s in "\\PC{0,200}") {
             let _ = ConsistencyToken::decode(&s);
             let _ = ConsistencyToken::decode(&format!("ct1.{s}"));
+            let _ = decode_all(&format!("ct1.{s}"));
         }
     }
 }

@@ -39,6 +39,12 @@ pub enum DomainError {
         reason: &'static str,
         message: String,
     },
+    /// Too many attempts: the caller must wait.
+    #[error("{message}")]
+    Exhausted {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 impl DomainError {
@@ -90,6 +96,13 @@ impl DomainError {
         }
     }
 
+    pub fn exhausted(reason: &'static str, message: impl Into<String>) -> Self {
+        DomainError::Exhausted {
+            reason,
+            message: message.into(),
+        }
+    }
+
     /// The stable UPPER_SNAKE reason carried in `ErrorInfo`.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -98,7 +111,8 @@ impl DomainError {
             | DomainError::Denied { reason, .. }
             | DomainError::NotFound { reason, .. }
             | DomainError::AlreadyExists { reason, .. }
-            | DomainError::Precondition { reason, .. } => reason,
+            | DomainError::Precondition { reason, .. }
+            | DomainError::Exhausted { reason, .. } => reason,
         }
     }
 }

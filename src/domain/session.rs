@@ -10,6 +10,10 @@ use serde_json::{Value, json};
 /// What a session token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
+    /// Who issued the token (`identity.issuer`); verifiers check it.
+    pub iss: String,
+    /// Whom the token is for (`identity.audience`); verifiers check it.
+    pub aud: String,
     /// The user id.
     pub sub: String,
     pub email: String,
@@ -76,6 +80,8 @@ mod tests {
         let (seed, public) = new_key();
         let kid = kid_for(&public);
         let claims = Claims {
+            iss: "teamgate".into(),
+            aud: "teamgate".into(),
             sub: "u".into(),
             email: "a@b.c".into(),
             orgs: vec!["o".into()],

@@ -14,6 +14,15 @@ pub use audit_events::Model as AuditRow;
 /// caller's transaction, so the feed holds exactly the committed changes.
 pub async fn insert<C: ConnectionTrait>(c: &C, row: AuditRow) -> Result<(), StoreError> {
     super::changes::record(c, &row).await?;
+    insert_without_feed(c, row).await
+}
+
+/// Records an audit event that stays out of the change feed: sign-in activity, which only
+/// holders of `audit.view` may see and which changes no decision or roster.
+pub async fn insert_without_feed<C: ConnectionTrait>(
+    c: &C,
+    row: AuditRow,
+) -> Result<(), StoreError> {
     audit_events::Entity::insert(audit_events::ActiveModel {
         id: Set(row.id),
         org_id: Set(row.org_id),

@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, Set};
 
 use super::StoreError;
 use super::entities::users;
@@ -56,4 +57,39 @@ pub async fn insert<C: ConnectionTrait>(c: &C, row: UserRow) -> Result<(), Store
     .exec_without_returning(c)
     .await?;
     Ok(())
+}
+
+/// Locks a user's row until the transaction ends (an UPDATE takes the row lock on
+/// PostgreSQL; SQLite writers are serialized already), so changes to the account and to the
+/// set of its organizations happen one at a time. `None` when there is no such user.
+pub async fn lock<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<UserRow>, StoreError> {
+    let res = users::Entity::update_many()
+        .col_expr(users::Column::Id, Expr::col(users::Column::Id).into())
+        .filter(users::Column::Id.eq(id))
+        .exec(c)
+        .await?;
+    if res.rows_affected == 0 {
+        return Ok(None);
+    }
+    find(c, id).await
+}
+
+/// Records `step` as the account's last used TOTP step unless that step (or a later one) was
+/// used already; `false` means another sign-in used the code first.
+pub async fn claim_totp_step<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+    step: i64,
+) -> Result<bool, StoreError> {
+    let res = users::Entity::update_many()
+        .col_expr(users::Column::MfaLastStep, Expr::value(step))
+        .filter(users::Column::Id.eq(id))
+        .filter(
+            Condition::any()
+                .add(users::Column::MfaLastStep.is_null())
+                .add(users::Column::MfaLastStep.lt(step)),
+        )
+        .exec(c)
+        .await?;
+    Ok(res.rows_affected == 1)
 }
