@@ -6,8 +6,8 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 
-use super::{App, AppResult, RequestCtx};
 use super::ensure_account_active;
+use super::{App, AppResult, RequestCtx};
 use crate::domain::DomainError;
 use crate::domain::consistency::{self, ConsistencyToken};
 use crate::domain::email::Email;
@@ -275,7 +275,6 @@ async fn verify_blocking(params: HashParams, stored: Option<String>, password: S
     .unwrap_or(Verified::No)
 }
 
-
 impl App {
     fn identity(&self) -> &IdentitySettings {
         &self.settings.identity
@@ -361,8 +360,10 @@ impl App {
     #[tracing::instrument(skip_all)]
     pub async fn get_user(&self, ctx: &RequestCtx, user: UserRef) -> AppResult<UserRow> {
         let c = self.store.conn();
-        if !ctx.operator {
-            self.active_actor(c, ctx).await?;
+        if !ctx.operator
+            && let Some(actor) = users::find(c, &ctx.actor()?.to_string()).await?
+        {
+            ensure_account_active(&actor)?;
         }
         let row = match user {
             UserRef::Id(id) => users::find(c, &id.to_string()).await?,
@@ -474,9 +475,6 @@ impl App {
         }
         let id = user.to_string();
         let tx = self.store.write().await?;
-        if !ctx.operator {
-            self.active_actor(&*tx, ctx).await?;
-        }
         let before = users::lock(&*tx, &id)
             .await?
             .ok_or_else(|| user_not_found(&format!("with id {id}")))?;
@@ -963,8 +961,7 @@ impl App {
                 )
             })?;
         let Some(step) = totp::verify(&secret, code, now, row.mfa_last_step) else {
-            ids_store::record_failure(&*tx, EventId::generate().to_string(), &subject, now)
-                .await?;
+            ids_store::record_failure(&*tx, EventId::generate().to_string(), &subject, now).await?;
             tx.commit().await?;
             return Err(Self::bad_code().into());
         };

@@ -288,8 +288,8 @@ impl App {
                 ),
             )
         };
-        let Some((m, account)) = store::members::find_with_user(c, org_id, &user_id.to_string())
-            .await?
+        let Some((m, account)) =
+            store::members::find_with_user(c, org_id, &user_id.to_string()).await?
         else {
             return Err(not_member().into());
         };

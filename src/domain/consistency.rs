@@ -41,10 +41,7 @@ fn from_wire(w: Wire) -> Result<ConsistencyToken, DomainError> {
     if w.v < 0 {
         return Err(bad_token());
     }
-    Ok(ConsistencyToken {
-        org,
-        version: w.v,
-    })
+    Ok(ConsistencyToken { org, version: w.v })
 }
 
 /// Encodes the versions of several orgs as one token: empty for none, the one-org form for

@@ -285,6 +285,7 @@ impl TestServer {
             .expect("invited")
             .into_inner()
             .token;
+        let token = self.delivered_token(token, email).await;
         self.team
             .clone()
             .accept_invitation(pb::AcceptInvitationRequest {
@@ -297,6 +298,49 @@ impl TestServer {
             .member
             .unwrap()
             .user_id
+    }
+
+    /// The invitation token as the invitee gets it: the one InviteMember returned, or, on a
+    /// server that returns none (`invitations.return_token = false`), the one in the newest
+    /// invitation email delivered to `email`.
+    pub async fn delivered_token(&self, returned: String, email: &str) -> String {
+        if !returned.is_empty() {
+            return returned;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let tokens: Vec<String> = self
+                .sink
+                .sent
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .filter(|m| m.kind == "invitation_email" && m.to == email)
+                .filter_map(|m| {
+                    let (_, rest) = m.text.split_once("token=")?;
+                    rest.split_whitespace().next().map(str::to_owned)
+                })
+                .collect();
+            // The newest email whose invitation is still pending (older ones were accepted,
+            // or killed by a resend).
+            for token in tokens {
+                let row = teamgate::store::invitations::find_by_token_hash(
+                    self.app().store.conn(),
+                    &teamgate::domain::token::hash_secret(&token),
+                )
+                .await
+                .expect("invitation read");
+                if row.is_some_and(|r| r.state == "pending") {
+                    return token;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no invitation email to {email} was delivered"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The org's members (first page, no filter), listed as `actor`.

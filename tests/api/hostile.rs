@@ -828,7 +828,8 @@ async fn orgs_of(s: &TestServer, user: &str) -> Vec<String> {
 /// Case folding that lands on ASCII (the Kelvin sign) is the same address, so it is
 /// ALREADY_MEMBER rather than a second look-alike account. A fullwidth @ is no address.
 async fn look_alike_emails_never_merge_into_the_ascii_user(b: Backend) {
-    let s = TestServer::spawn(b).await;
+    // Tokens by email only, so acceptance may set a password.
+    let s = TestServer::spawn_with(b, |c| c.invitations.return_token = Some(false)).await;
     let (org, owner) = s.org("Victim", "team").await;
     let (evil, mallory) = s.org("Evil", "team").await;
     let admin = s
@@ -860,7 +861,7 @@ async fn look_alike_emails_never_merge_into_the_ascii_user(b: Backend) {
             .team
             .clone()
             .accept_invitation(pb::AcceptInvitationRequest {
-                token: inv.token,
+                token: s.delivered_token(inv.token, &stored).await,
                 password: Some(format!("correct horse battery staple {i}")),
                 ..Default::default()
             })
@@ -879,7 +880,7 @@ async fn look_alike_emails_never_merge_into_the_ascii_user(b: Backend) {
             .team
             .clone()
             .accept_invitation(pb::AcceptInvitationRequest {
-                token: inv.token,
+                token: s.delivered_token(inv.token, &stored).await,
                 ..Default::default()
             })
             .await

@@ -254,7 +254,10 @@ scopes = ["admin"]
         .unwrap()
         .into_inner();
     let invitation_token = token_from_mail(&mut mail, ACCEPT_BASE).await;
-    assert_eq!(invitation_token, invited.token);
+    assert!(
+        invited.token.is_empty(),
+        "a server with service keys hands the invitation token only to the invitee"
+    );
     let user = team
         .accept_invitation(call(
             key,
