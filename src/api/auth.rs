@@ -36,6 +36,8 @@ pub struct ServiceKey {
     pub name: String,
     pub scopes: Vec<Scope>,
     pub rate_per_sec: Option<u32>,
+    /// May name the end client in `x-client-address`, which per-caller limits then key on.
+    pub trust_client_address: bool,
 }
 
 /// Prefix of generated keys, so leaked ones are easy to spot in code and logs.
@@ -136,8 +138,12 @@ impl Keys {
         }
     }
 
-    /// Authenticates and authorizes a call to `path`; returns the key's name.
-    pub fn admit(&self, path: &str, header: Option<&str>) -> Result<Option<String>, tonic::Status> {
+    /// Authenticates and authorizes a call to `path`; returns the key that did.
+    pub fn admit(
+        &self,
+        path: &str,
+        header: Option<&str>,
+    ) -> Result<Option<CallerKey>, tonic::Status> {
         if self.is_empty() {
             return Ok(None);
         }
@@ -170,7 +176,10 @@ impl Keys {
                 ),
             ));
         }
-        Ok(Some(key.name.clone()))
+        Ok(Some(CallerKey {
+            name: key.name.clone(),
+            trust_client_address: key.trust_client_address,
+        }))
     }
 }
 
@@ -249,10 +258,10 @@ where
                 drop(permit);
                 Ok(status.into_http())
             }),
-            Ok(name) => {
-                if let Some(name) = name {
-                    tracing::Span::current().record("service_key", name.as_str());
-                    req.extensions_mut().insert(CallerKey(name));
+            Ok(key) => {
+                if let Some(key) = key {
+                    tracing::Span::current().record("service_key", key.name.as_str());
+                    req.extensions_mut().insert(key);
                 }
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -290,6 +299,7 @@ mod tests {
                 name: "billing".into(),
                 scopes: vec![Scope::Authz],
                 rate_per_sec: Some(2),
+                trust_client_address: false,
             },
         )]);
         (keys, key)
@@ -299,11 +309,12 @@ mod tests {
     fn scopes_and_credentials() {
         let (keys, key) = keys();
         let bearer = format!("Bearer {key}");
-        assert_eq!(
-            keys.admit("/teamgate.v1.AuthzService/Check", Some(&bearer))
-                .unwrap(),
-            Some("billing".into())
-        );
+        let admitted = keys
+            .admit("/teamgate.v1.AuthzService/Check", Some(&bearer))
+            .unwrap()
+            .unwrap();
+        assert_eq!(admitted.name, "billing");
+        assert!(!admitted.trust_client_address);
         let e = keys
             .admit("/teamgate.v1.TeamService/GetOrganization", Some(&bearer))
             .unwrap_err();

@@ -10,9 +10,14 @@ use crate::domain::ids::UserId;
 pub const ACTOR_HEADER: &str = "x-actor-user-id";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// The service key's name, put in request extensions by the authentication layer.
+/// The service key that authenticated the call, put in request extensions by the
+/// authentication layer.
 #[derive(Debug, Clone)]
-pub struct CallerKey(pub String);
+pub struct CallerKey {
+    pub name: String,
+    /// Whether the key may name the end client in `x-client-address` (see `api::caller`).
+    pub trust_client_address: bool,
+}
 
 /// The request id assigned by the middleware (or echoed from the caller).
 #[derive(Debug, Clone)]
@@ -41,7 +46,7 @@ pub fn ctx<T>(req: &Request<T>) -> Result<RequestCtx, DomainError> {
         .map(|r| r.0.clone())
         .or_else(|| header(md, REQUEST_ID_HEADER).map(|s| s.chars().take(128).collect()))
         .unwrap_or_default();
-    let key_name = req.extensions().get::<CallerKey>().map(|k| k.0.clone());
+    let key_name = req.extensions().get::<CallerKey>().map(|k| k.name.clone());
     Ok(RequestCtx {
         actor,
         request_id,
