@@ -384,7 +384,10 @@ impl IdentityConfig {
             return range("identity.caller_failure_window_secs", "must be at least 1");
         }
         if self.max_reset_requests_per_caller == 0 {
-            return range("identity.max_reset_requests_per_caller", "must be at least 1");
+            return range(
+                "identity.max_reset_requests_per_caller",
+                "must be at least 1",
+            );
         }
         if !(60..=7 * 24 * 3600).contains(&self.reset_ttl_secs) {
             return range("identity.reset_ttl_secs", "must be 60 to 604800 (a week)");

@@ -114,7 +114,13 @@ mod tests {
         assert_eq!(parse_client_address("2001:db8:1:2:aaaa::7"), block);
         assert_eq!(parse_client_address("[2001:db8:1:2::8]:443"), block);
         assert_eq!(parse_client_address("[2001:db8:1:2::9]"), block);
-        for bad in ["", "client", "203.0.113.7, 10.0.0.1", "203.0.113.300", "[::1]:x"] {
+        for bad in [
+            "",
+            "client",
+            "203.0.113.7, 10.0.0.1",
+            "203.0.113.300",
+            "[::1]:x",
+        ] {
             assert_eq!(parse_client_address(bad), None, "{bad}");
         }
     }

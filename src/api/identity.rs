@@ -36,23 +36,22 @@ impl IdentityApi {
 
     /// Sets two-factor on or off; a wrong code counts against the caller like a failed
     /// sign-in, since guessing it is guessing a sign-in factor.
-    async fn set_totp(
+    async fn set_totp<T>(
         &self,
-        request: Request<(String, String)>,
+        request: &Request<T>,
+        user_id: &str,
+        code: &str,
         enable: bool,
     ) -> Result<(), Status> {
-        let ctx = ctx(&request)?;
-        let caller = caller_id(&request)?;
-        let (user_id, code) = request.into_inner();
-        let id = UserId::parse("user_id", &user_id)?;
-        let code = bounded("code", &code)?;
+        let ctx = ctx(request)?;
+        let caller = caller_id(request)?;
+        let id = UserId::parse("user_id", user_id)?;
+        let code = bounded("code", code)?;
         self.limits
             .failures
-            .limit(
-                &caller,
-                self.app.set_totp(&ctx, id, code, enable),
-                |e| e.has_reason("INVALID_CODE"),
-            )
+            .limit(&caller, self.app.set_totp(&ctx, id, code, enable), |e| {
+                e.has_reason("INVALID_CODE")
+            })
             .await
             .map_err(too_many)??;
         Ok(())
@@ -216,16 +215,13 @@ impl IdentityService for IdentityApi {
         let email = Email::parse("email", &request.get_ref().email)?;
         // Every request counts, found or not: each may send an email, and the answer never
         // says which.
-        self.limits
-            .reset_requests
-            .take(&caller)
-            .map_err(|wait| {
-                with_reason(
-                    tonic::Code::ResourceExhausted,
-                    "TOO_MANY_REQUESTS",
-                    format!("too many password reset requests: retry in {wait} s"),
-                )
-            })?;
+        self.limits.reset_requests.take(&caller).map_err(|wait| {
+            with_reason(
+                tonic::Code::ResourceExhausted,
+                "TOO_MANY_REQUESTS",
+                format!("too many password reset requests: retry in {wait} s"),
+            )
+        })?;
         self.app.request_password_reset(&ctx, email).await?;
         Ok(Response::new(pb::RequestPasswordResetResponse {}))
     }
@@ -276,8 +272,9 @@ impl IdentityService for IdentityApi {
         &self,
         request: Request<pb::ConfirmTotpRequest>,
     ) -> Result<Response<pb::ConfirmTotpResponse>, Status> {
-        let request = request.map(|r| (r.user_id, r.code));
-        self.set_totp(request, true).await?;
+        let req = request.get_ref();
+        self.set_totp(&request, &req.user_id, &req.code, true)
+            .await?;
         Ok(Response::new(pb::ConfirmTotpResponse {}))
     }
 
@@ -285,8 +282,9 @@ impl IdentityService for IdentityApi {
         &self,
         request: Request<pb::DisableTotpRequest>,
     ) -> Result<Response<pb::DisableTotpResponse>, Status> {
-        let request = request.map(|r| (r.user_id, r.code));
-        self.set_totp(request, false).await?;
+        let req = request.get_ref();
+        self.set_totp(&request, &req.user_id, &req.code, false)
+            .await?;
         Ok(Response::new(pb::DisableTotpResponse {}))
     }
 }

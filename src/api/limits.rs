@@ -29,7 +29,7 @@ use crate::domain::clock::Clock;
 /// calls from one caller never spends its budget. The cost is that attempts already running
 /// when the budget is reached can still fail and push the count past it, by at most the
 /// caller's concurrency (itself bounded by `server.max_concurrent_requests` and the key's
-/// rate limit). That buys nothing against 128-bit tokens, and guesses at one account's
+/// rate limit). That buys nothing against tokens of 128 bits or more, and guesses at one account's
 /// password or code are bounded by the per-account limits, which are transactional.
 pub struct FailureLimiter {
     clock: Arc<dyn Clock>,
@@ -159,8 +159,9 @@ pub struct IdentityLimits {
 
 impl IdentityLimits {
     pub fn from_config(clock: Arc<dyn Clock>, c: &IdentityConfig) -> IdentityLimits {
-        let window =
-            Duration::seconds(i64::try_from(c.caller_failure_window_secs).unwrap_or(i64::MAX / 1000));
+        let window = Duration::seconds(
+            i64::try_from(c.caller_failure_window_secs).unwrap_or(i64::MAX / 1000),
+        );
         IdentityLimits {
             failures: FailureLimiter::new(clock.clone(), c.max_failed_sign_ins_per_caller, window),
             reset_requests: FailureLimiter::new(clock, c.max_reset_requests_per_caller, window),
@@ -211,7 +212,11 @@ mod tests {
         for _ in 0..1000 {
             assert!(limiter.check(&a).is_ok());
         }
-        assert_eq!(limiter.tracked(), 0, "nothing is kept for callers that never failed");
+        assert_eq!(
+            limiter.tracked(),
+            0,
+            "nothing is kept for callers that never failed"
+        );
     }
 
     #[tokio::test]
@@ -221,16 +226,24 @@ mod tests {
         let a = peer(1);
         // Successes and errors that are not failures (e.g. an expired invitation) are free.
         for _ in 0..10 {
-            let ok = limiter.limit(&a, async { Ok::<_, &str>(()) }, |_| true).await;
+            let ok = limiter
+                .limit(&a, async { Ok::<_, &str>(()) }, |_| true)
+                .await;
             assert_eq!(ok, Ok(Ok(())));
-            let other = limiter.limit(&a, async { Err::<(), _>("expired") }, |e| *e == "bad").await;
+            let other = limiter
+                .limit(&a, async { Err::<(), _>("expired") }, |e| *e == "bad")
+                .await;
             assert_eq!(other, Ok(Err("expired")));
         }
         for _ in 0..3 {
-            let bad = limiter.limit(&a, async { Err::<(), _>("bad") }, |e| *e == "bad").await;
+            let bad = limiter
+                .limit(&a, async { Err::<(), _>("bad") }, |e| *e == "bad")
+                .await;
             assert_eq!(bad, Ok(Err("bad")));
         }
-        let refused = limiter.limit(&a, async { Ok::<_, &str>(()) }, |_| true).await;
+        let refused = limiter
+            .limit(&a, async { Ok::<_, &str>(()) }, |_| true)
+            .await;
         assert_eq!(refused, Err(300), "refused before the attempt runs");
     }
 
@@ -266,7 +279,11 @@ mod tests {
             assert!(limiter.take(&a).is_ok());
         }
         assert_eq!(limiter.take(&a), Err(300));
-        assert_eq!(limiter.check(&a), Err(300), "a refused request is not counted");
+        assert_eq!(
+            limiter.check(&a),
+            Err(300),
+            "a refused request is not counted"
+        );
         clock.advance(Duration::minutes(5));
         assert!(limiter.take(&a).is_ok());
     }

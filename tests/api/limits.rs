@@ -120,7 +120,11 @@ async fn concurrent_valid_accepts_from_one_client_all_succeed(backend: Backend) 
         .into_iter()
         .filter_map(|r| r.unwrap().err())
         .collect();
-    assert!(failed.is_empty(), "{} accepts failed: {failed:?}", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} accepts failed: {failed:?}",
+        failed.len()
+    );
     for (org, owner) in &orgs {
         assert_eq!(s.members(org, owner).await.len(), PER_ORG + 1);
     }
@@ -201,7 +205,8 @@ async fn untrusted_keys_are_limited_as_one_caller_whatever_address_they_send(bac
     // Spreading guesses over made-up client addresses buys nothing: the key is the caller.
     for i in 0..BAD_TOKENS {
         let client = format!("198.51.100.{i}");
-        let err = accept_bad_token(&mut team, keyed(&web, Some(&client), accept_req(&guess()))).await;
+        let err =
+            accept_bad_token(&mut team, keyed(&web, Some(&client), accept_req(&guess()))).await;
         assert_error(&err, Code::NotFound, "INVITATION_NOT_FOUND");
     }
     for client in [Some("198.51.100.200"), Some("not an address"), None] {
@@ -308,7 +313,11 @@ async fn sign_in_and_totp_code_failures_share_the_callers_budget(backend: Backen
 
     // Nor is this one once the window has passed.
     s.clock.advance(Duration::seconds(601));
-    let err = unwrap_err(identity.authenticate(sign_in("tess@example.com", PASSWORD)).await);
+    let err = unwrap_err(
+        identity
+            .authenticate(sign_in("tess@example.com", PASSWORD))
+            .await,
+    );
     assert_error(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
     s.stop().await;
 }
