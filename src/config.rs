@@ -208,6 +208,11 @@ pub struct ServiceKeyConfig {
     /// Calls per second allowed for this key; unlimited when absent.
     #[serde(default)]
     pub rate_limit_per_sec: Option<u32>,
+    /// Whether calls with this key may name their end client in `x-client-address`, which
+    /// per-caller limits then key on instead of the key. Only for callers that set it
+    /// themselves from the connection (a gateway or Envoy), never pass on a client's own.
+    #[serde(default)]
+    pub trust_client_address: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -289,10 +294,13 @@ pub struct IdentityConfig {
     /// are refused with RESOURCE_EXHAUSTED.
     pub max_failed_sign_ins: u32,
     pub failure_window_secs: u64,
-    /// Failed sign-ins and bad reset tokens per caller address (across accounts) within
-    /// `caller_failure_window_secs`, per process, before further attempts are refused.
+    /// Failed sign-ins, bad reset tokens and wrong TOTP codes per caller (across accounts)
+    /// within `caller_failure_window_secs`, per process, before further attempts are refused.
     pub max_failed_sign_ins_per_caller: u32,
     pub caller_failure_window_secs: u64,
+    /// Password-reset requests (each may send an email) per caller within
+    /// `caller_failure_window_secs`, per process.
+    pub max_reset_requests_per_caller: u32,
     /// How long a password reset link is valid.
     pub reset_ttl_secs: u64,
     /// The link in password reset emails is this URL followed by the token.
@@ -322,6 +330,7 @@ impl Default for IdentityConfig {
             failure_window_secs: 15 * 60,
             max_failed_sign_ins_per_caller: 50,
             caller_failure_window_secs: 10 * 60,
+            max_reset_requests_per_caller: 20,
             reset_ttl_secs: 3600,
             reset_url_base: "http://localhost:3000/password/reset?token=".into(),
             totp_issuer: "teamgate".into(),
@@ -389,6 +398,12 @@ impl IdentityConfig {
         }
         if self.caller_failure_window_secs == 0 {
             return range("identity.caller_failure_window_secs", "must be at least 1");
+        }
+        if self.max_reset_requests_per_caller == 0 {
+            return range(
+                "identity.max_reset_requests_per_caller",
+                "must be at least 1",
+            );
         }
         if !(60..=7 * 24 * 3600).contains(&self.reset_ttl_secs) {
             return range("identity.reset_ttl_secs", "must be 60 to 604800 (a week)");
@@ -992,6 +1007,7 @@ mod tests {
             hash: format!("sha256:{}", "0".repeat(64)),
             scopes: vec![crate::api::auth::Scope::Authz],
             rate_limit_per_sec: None,
+            trust_client_address: false,
         });
         let err = c.validate().unwrap_err();
         assert!(err.to_string().contains("identity.secret_key"), "{err}");

@@ -85,6 +85,7 @@ fn service_keys(config: &Config) -> Keys {
                         name: k.name.clone(),
                         scopes: k.scopes.clone(),
                         rate_per_sec: k.rate_limit_per_sec,
+                        trust_client_address: k.trust_client_address,
                     },
                 )
             })
@@ -313,7 +314,7 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
     let authz = AuthzServiceServer::new(AuthzApi::new(app.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let identity = IdentityServiceServer::new(IdentityApi::new(app.clone()))
+    let identity = IdentityServiceServer::new(IdentityApi::new(app.clone(), &config.identity))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let ext_authz =

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tonic::Code;
 use tower::{Layer, Service};
 
-use super::context::{AdminCaller, CallerKey};
+use super::context::CallerKey;
 use super::error::with_reason;
 use crate::domain::token::hash_secret;
 
@@ -36,6 +36,8 @@ pub struct ServiceKey {
     pub name: String,
     pub scopes: Vec<Scope>,
     pub rate_per_sec: Option<u32>,
+    /// May name the end client in `x-client-address`, which per-caller limits then key on.
+    pub trust_client_address: bool,
 }
 
 /// Prefix of generated keys, so leaked ones are easy to spot in code and logs.
@@ -136,17 +138,12 @@ impl Keys {
         }
     }
 
-    /// Authenticates and authorizes a call to `path`; returns the key's name.
-    pub fn admit(&self, path: &str, header: Option<&str>) -> Result<Option<String>, tonic::Status> {
-        Ok(self.admit_key(path, header)?.map(|k| k.name.clone()))
-    }
-
-    /// Authenticates and authorizes a call to `path`; returns the key, if the call needs one.
-    pub fn admit_key(
+    /// Authenticates and authorizes a call to `path`; returns the key that did.
+    pub fn admit(
         &self,
         path: &str,
         header: Option<&str>,
-    ) -> Result<Option<&ServiceKey>, tonic::Status> {
+    ) -> Result<Option<CallerKey>, tonic::Status> {
         if self.is_empty() {
             return Ok(None);
         }
@@ -179,7 +176,11 @@ impl Keys {
                 ),
             ));
         }
-        Ok(Some(key))
+        Ok(Some(CallerKey {
+            name: key.name.clone(),
+            trust_client_address: key.trust_client_address,
+            operator: key.scopes.contains(&Scope::Admin),
+        }))
     }
 }
 
@@ -253,7 +254,7 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        match self.keys.admit_key(&path, header) {
+        match self.keys.admit(&path, header) {
             Err(status) => Box::pin(async move {
                 drop(permit);
                 Ok(status.into_http())
@@ -261,10 +262,7 @@ where
             Ok(key) => {
                 if let Some(key) = key {
                     tracing::Span::current().record("service_key", key.name.as_str());
-                    if key.scopes.contains(&Scope::Admin) {
-                        req.extensions_mut().insert(AdminCaller);
-                    }
-                    req.extensions_mut().insert(CallerKey(key.name.clone()));
+                    req.extensions_mut().insert(key);
                 }
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -302,6 +300,7 @@ mod tests {
                 name: "billing".into(),
                 scopes: vec![Scope::Authz],
                 rate_per_sec: Some(2),
+                trust_client_address: false,
             },
         )]);
         (keys, key)
@@ -311,11 +310,12 @@ mod tests {
     fn scopes_and_credentials() {
         let (keys, key) = keys();
         let bearer = format!("Bearer {key}");
-        assert_eq!(
-            keys.admit("/teamgate.v1.AuthzService/Check", Some(&bearer))
-                .unwrap(),
-            Some("billing".into())
-        );
+        let admitted = keys
+            .admit("/teamgate.v1.AuthzService/Check", Some(&bearer))
+            .unwrap()
+            .unwrap();
+        assert_eq!(admitted.name, "billing");
+        assert!(!admitted.trust_client_address);
         let e = keys
             .admit("/teamgate.v1.TeamService/GetOrganization", Some(&bearer))
             .unwrap_err();

@@ -10,13 +10,17 @@ use crate::domain::ids::UserId;
 pub const ACTOR_HEADER: &str = "x-actor-user-id";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// The service key's name, put in request extensions by the authentication layer.
+/// The service key that authenticated the call, put in request extensions by the
+/// authentication layer.
 #[derive(Debug, Clone)]
-pub struct CallerKey(pub String);
-
-/// Marks a call made with a key holding the `admin` scope (the platform operator).
-#[derive(Debug, Clone, Copy)]
-pub struct AdminCaller;
+pub struct CallerKey {
+    pub name: String,
+    /// Whether the key may name the end client in `x-client-address` (see `api::caller`).
+    pub trust_client_address: bool,
+    /// Whether the key holds the `admin` scope: the platform operator, who may act on any
+    /// account.
+    pub operator: bool,
+}
 
 /// The request id assigned by the middleware (or echoed from the caller).
 #[derive(Debug, Clone)]
@@ -45,8 +49,9 @@ pub fn ctx<T>(req: &Request<T>) -> Result<RequestCtx, DomainError> {
         .map(|r| r.0.clone())
         .or_else(|| header(md, REQUEST_ID_HEADER).map(|s| s.chars().take(128).collect()))
         .unwrap_or_default();
-    let key_name = req.extensions().get::<CallerKey>().map(|k| k.0.clone());
-    let operator = req.extensions().get::<AdminCaller>().is_some();
+    let key = req.extensions().get::<CallerKey>();
+    let key_name = key.map(|k| k.name.clone());
+    let operator = key.is_some_and(|k| k.operator);
     Ok(RequestCtx {
         actor,
         request_id,

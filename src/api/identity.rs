@@ -4,12 +4,14 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::caller::caller_id;
 use super::context::ctx;
 use super::convert::timestamp;
 use super::error::with_reason;
+use super::limits::IdentityLimits;
 use crate::app::App;
 use crate::app::identity::{SignInOutcome, UserRef, UserStatus};
-use crate::app::invitations::BadTokenLimiter;
+use crate::config::IdentityConfig;
 use crate::domain::DomainError;
 use crate::domain::email::Email;
 use crate::domain::ids::UserId;
@@ -23,18 +25,36 @@ const MAX_INPUT_BYTES: usize = 1024;
 
 pub struct IdentityApi {
     app: Arc<App>,
-    /// Failed sign-ins and bad reset tokens per caller (peer IP).
-    bad_callers: BadTokenLimiter,
+    limits: IdentityLimits,
 }
 
 impl IdentityApi {
-    pub fn new(app: Arc<App>) -> Self {
-        let bad_callers = BadTokenLimiter::with_limits(
-            app.clock.clone(),
-            app.settings.identity.max_caller_failures,
-            app.settings.identity.caller_failure_window,
-        );
-        IdentityApi { app, bad_callers }
+    pub fn new(app: Arc<App>, config: &IdentityConfig) -> Self {
+        let limits = IdentityLimits::from_config(app.clock.clone(), config);
+        IdentityApi { app, limits }
+    }
+
+    /// Sets two-factor on or off; a wrong code counts against the caller like a failed
+    /// sign-in, since guessing it is guessing a sign-in factor.
+    async fn set_totp<T>(
+        &self,
+        request: &Request<T>,
+        user_id: &str,
+        code: &str,
+        enable: bool,
+    ) -> Result<String, Status> {
+        let ctx = ctx(request)?;
+        let caller = caller_id(request)?;
+        let id = UserId::parse("user_id", user_id)?;
+        let code = bounded("code", code)?;
+        Ok(self
+            .limits
+            .failures
+            .limit(&caller, self.app.set_totp(&ctx, id, code, enable), |e| {
+                e.has_reason("INVALID_CODE")
+            })
+            .await
+            .map_err(too_many)??)
     }
 }
 
@@ -153,19 +173,18 @@ impl IdentityService for IdentityApi {
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
         let ctx = ctx(&request)?;
-        let caller = request.remote_addr().map(|a| a.ip());
+        let caller = caller_id(&request)?;
         let req = request.into_inner();
         bounded("email", &req.email)?;
         bounded("password", &req.password)?;
         if let Some(code) = &req.totp_code {
             bounded("totp_code", code)?;
         }
-        // Counted as a failure while in flight, so a burst of concurrent attempts cannot
-        // overrun the caller's budget.
         let outcome = self
-            .bad_callers
+            .limits
+            .failures
             .limit(
-                caller,
+                &caller,
                 self.app
                     .authenticate(&ctx, &req.email, &req.password, req.totp_code.as_deref()),
                 |e| e.has_reason("INVALID_CREDENTIALS"),
@@ -196,7 +215,17 @@ impl IdentityService for IdentityApi {
         request: Request<pb::RequestPasswordResetRequest>,
     ) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
         let ctx = ctx(&request)?;
+        let caller = caller_id(&request)?;
         let email = Email::parse("email", &request.get_ref().email)?;
+        // Every request counts, found or not: each may send an email, and the answer never
+        // says which.
+        self.limits.reset_requests.take(&caller).map_err(|wait| {
+            with_reason(
+                tonic::Code::ResourceExhausted,
+                "TOO_MANY_REQUESTS",
+                format!("too many password reset requests: retry in {wait} s"),
+            )
+        })?;
         self.app.request_password_reset(&ctx, email).await?;
         Ok(Response::new(pb::RequestPasswordResetResponse {}))
     }
@@ -206,7 +235,7 @@ impl IdentityService for IdentityApi {
         request: Request<pb::ResetPasswordRequest>,
     ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
         let ctx = ctx(&request)?;
-        let caller = request.remote_addr().map(|a| a.ip());
+        let caller = caller_id(&request)?;
         let req = request.into_inner();
         let token = req.token.trim();
         if token.is_empty() || token.len() > 256 {
@@ -218,9 +247,10 @@ impl IdentityService for IdentityApi {
             .into());
         }
         let password = self.app.new_password("new_password", &req.new_password)?;
-        self.bad_callers
+        self.limits
+            .failures
             .limit(
-                caller,
+                &caller,
                 self.app.reset_password(&ctx, token, password),
                 |e| e.has_reason("RESET_TOKEN_INVALID"),
             )
@@ -246,12 +276,9 @@ impl IdentityService for IdentityApi {
         &self,
         request: Request<pb::ConfirmTotpRequest>,
     ) -> Result<Response<pb::ConfirmTotpResponse>, Status> {
-        let ctx = ctx(&request)?;
-        let req = request.into_inner();
-        let id = UserId::parse("user_id", &req.user_id)?;
+        let req = request.get_ref();
         let consistency_token = self
-            .app
-            .set_totp(&ctx, id, bounded("code", &req.code)?, true)
+            .set_totp(&request, &req.user_id, &req.code, true)
             .await?;
         Ok(Response::new(pb::ConfirmTotpResponse { consistency_token }))
     }
@@ -260,12 +287,9 @@ impl IdentityService for IdentityApi {
         &self,
         request: Request<pb::DisableTotpRequest>,
     ) -> Result<Response<pb::DisableTotpResponse>, Status> {
-        let ctx = ctx(&request)?;
-        let req = request.into_inner();
-        let id = UserId::parse("user_id", &req.user_id)?;
+        let req = request.get_ref();
         let consistency_token = self
-            .app
-            .set_totp(&ctx, id, bounded("code", &req.code)?, false)
+            .set_totp(&request, &req.user_id, &req.code, false)
             .await?;
         Ok(Response::new(pb::DisableTotpResponse { consistency_token }))
     }

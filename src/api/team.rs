@@ -6,12 +6,14 @@ use std::sync::Arc;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use super::caller::caller_id;
 use super::context::ctx;
 use super::convert;
 use super::error::with_reason;
+use super::limits::FailureLimiter;
 use super::paging::{next_token, page_request};
 use crate::app::App;
-use crate::app::invitations::{Acceptance, BadTokenLimiter, NewInvitation};
+use crate::app::invitations::{Acceptance, NewInvitation};
 use crate::app::orgs::{NewOrg, NewOwner, OrgChanges};
 use crate::app::roles::RoleDefinition;
 use crate::domain::DomainError;
@@ -27,12 +29,20 @@ use crate::store::invitations::StatusFilter;
 pub struct TeamApi {
     app: Arc<App>,
     /// Bad invitation tokens per caller, for AcceptInvitation's brute-force limit.
-    bad_tokens: BadTokenLimiter,
+    bad_tokens: FailureLimiter,
 }
+
+/// Bad invitation tokens one caller may send per [`BAD_TOKEN_WINDOW_MINUTES`].
+const MAX_BAD_TOKENS: u32 = 10;
+const BAD_TOKEN_WINDOW_MINUTES: i64 = 10;
 
 impl TeamApi {
     pub fn new(app: Arc<App>) -> Self {
-        let bad_tokens = BadTokenLimiter::new(app.clock.clone());
+        let bad_tokens = FailureLimiter::new(
+            app.clock.clone(),
+            MAX_BAD_TOKENS,
+            chrono::Duration::minutes(BAD_TOKEN_WINDOW_MINUTES),
+        );
         TeamApi { app, bad_tokens }
     }
 }
@@ -348,7 +358,7 @@ impl TeamService for TeamApi {
         request: Request<pb::AcceptInvitationRequest>,
     ) -> Result<Response<pb::AcceptInvitationResponse>, Status> {
         let ctx = ctx(&request)?;
-        let caller = request.remote_addr().map(|a| a.ip());
+        let caller = caller_id(&request)?;
         let req = request.into_inner();
         let secret = req.token.trim();
         if secret.is_empty() || secret.len() > 256 {
@@ -379,8 +389,6 @@ impl TeamService for TeamApi {
                 .flatten(),
             password_hash: None,
         };
-        // Counted as a bad token while in flight, so concurrent guesses cannot all pass a
-        // check made before any of them is recorded.
         let accept = async {
             // Hashed only once the caller is within its budget: hashing is deliberately costly.
             if let Some(p) = &password {
@@ -390,14 +398,14 @@ impl TeamService for TeamApi {
         };
         let (member, org, token) = self
             .bad_tokens
-            .limit(caller, accept, |e| e.has_reason("INVITATION_NOT_FOUND"))
+            .limit(&caller, accept, |e| e.has_reason("INVITATION_NOT_FOUND"))
             .await
             .map_err(|wait| {
                 with_reason(
                     tonic::Code::ResourceExhausted,
                     "TOO_MANY_ATTEMPTS",
                     format!(
-                        "too many invalid invitation tokens from this address: retry in {wait} s, with the link from the invitation email"
+                        "too many invalid invitation tokens from this caller: retry in {wait} s, with the link from the invitation email"
                     ),
                 )
             })??;

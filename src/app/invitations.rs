@@ -1,16 +1,11 @@
 //! Invitations: invite by email, list, resend, revoke, accept — within the plan's seats.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::orgs::{MemberView, OrgView};
 use super::{App, AppResult, Page, PageRequest, RequestCtx, org_not_found, token};
 use crate::domain::DomainError;
-use crate::domain::clock::Clock;
 use crate::domain::email::Email;
 use crate::domain::ids::{InvitationId, OrgId, UserId};
 use crate::domain::invitation::{InvitationStatus, StoredState, ensure_seat_available};
@@ -57,109 +52,6 @@ fn invitation_not_found() -> DomainError {
 /// Compares two secrets' hashes in time independent of where they differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Counts bad invitation tokens per caller (peer IP) and refuses callers that sent too many
-/// within a window, so tokens cannot be guessed by brute force. Time comes from the clock.
-pub struct BadTokenLimiter {
-    clock: Arc<dyn Clock>,
-    max_failures: u32,
-    window: chrono::Duration,
-    callers: Mutex<HashMap<Option<IpAddr>, FailureWindow>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct FailureWindow {
-    started: DateTime<Utc>,
-    failures: u32,
-}
-
-/// Entries kept before stale ones are swept.
-const LIMITER_SWEEP_AT: usize = 10_000;
-
-impl BadTokenLimiter {
-    /// Ten bad tokens per caller per ten minutes.
-    pub fn new(clock: Arc<dyn Clock>) -> BadTokenLimiter {
-        BadTokenLimiter::with_limits(clock, 10, chrono::Duration::minutes(10))
-    }
-
-    pub fn with_limits(
-        clock: Arc<dyn Clock>,
-        max_failures: u32,
-        window: chrono::Duration,
-    ) -> BadTokenLimiter {
-        BadTokenLimiter {
-            clock,
-            max_failures,
-            window,
-            callers: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// `Err(seconds to wait)` while the caller is over its budget; otherwise the attempt is
-    /// counted, under the same lock, as a failure from the start, so concurrent attempts cannot all pass the check before any
-    /// of them is recorded. [`refund`](Self::refund) it when it turns out not to be one.
-    pub fn try_acquire(&self, caller: Option<IpAddr>) -> Result<(), u64> {
-        let now = self.clock.now();
-        let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(w) = callers.get(&caller)
-            && w.failures >= self.max_failures
-            && now < w.started + self.window
-        {
-            let wait = (w.started + self.window - now).num_seconds().max(1);
-            return Err(u64::try_from(wait).unwrap_or(1));
-        }
-        self.count_failure(&mut callers, caller, now);
-        Ok(())
-    }
-
-    /// Runs `attempt` within the caller's budget (`Err(seconds to wait)` when over it). The
-    /// attempt counts as a failure while it runs and is given back unless `failed` says its
-    /// error was one.
-    pub async fn limit<T, E>(
-        &self,
-        caller: Option<IpAddr>,
-        attempt: impl Future<Output = Result<T, E>>,
-        failed: impl FnOnce(&E) -> bool,
-    ) -> Result<Result<T, E>, u64> {
-        self.try_acquire(caller)?;
-        let outcome = attempt.await;
-        if !matches!(&outcome, Err(e) if failed(e)) {
-            self.refund(caller);
-        }
-        Ok(outcome)
-    }
-
-    /// Gives back an attempt taken by [`try_acquire`](Self::try_acquire) that did not fail.
-    pub fn refund(&self, caller: Option<IpAddr>) {
-        let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(w) = callers.get_mut(&caller) {
-            w.failures = w.failures.saturating_sub(1);
-        }
-    }
-
-    fn count_failure(
-        &self,
-        callers: &mut HashMap<Option<IpAddr>, FailureWindow>,
-        caller: Option<IpAddr>,
-        now: DateTime<Utc>,
-    ) {
-        let window = self.window;
-        if callers.len() >= LIMITER_SWEEP_AT {
-            callers.retain(|_, w| now < w.started + window);
-        }
-        let entry = callers.entry(caller).or_insert(FailureWindow {
-            started: now,
-            failures: 0,
-        });
-        if now >= entry.started + window {
-            *entry = FailureWindow {
-                started: now,
-                failures: 0,
-            };
-        }
-        entry.failures = entry.failures.saturating_add(1);
-    }
 }
 
 fn invitation_json(row: &InvitationRow) -> serde_json::Value {
@@ -614,40 +506,11 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::clock::ManualClock;
 
     #[test]
     fn constant_time_eq_compares_whole_values() {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
-    }
-
-    #[test]
-    fn limiter_holds_off_a_caller_until_the_window_passes() {
-        let clock = ManualClock::starting_now();
-        let limiter =
-            BadTokenLimiter::with_limits(Arc::new(clock.clone()), 3, chrono::Duration::minutes(5));
-        let a = Some(IpAddr::from([10, 0, 0, 1]));
-        let b = Some(IpAddr::from([10, 0, 0, 2]));
-        for _ in 0..3 {
-            assert!(limiter.try_acquire(a).is_ok());
-        }
-        assert_eq!(limiter.try_acquire(a), Err(300));
-        assert!(
-            limiter.try_acquire(b).is_ok(),
-            "other callers are not affected"
-        );
-        limiter.refund(b);
-        clock.advance(chrono::Duration::minutes(4));
-        assert_eq!(limiter.try_acquire(a), Err(60));
-        limiter.refund(a);
-        assert_eq!(limiter.try_acquire(a), Ok(()), "a refund frees one attempt");
-        clock.advance(chrono::Duration::minutes(1));
-        assert!(limiter.try_acquire(a).is_ok());
-        assert!(
-            limiter.try_acquire(a).is_ok(),
-            "a new window starts from zero"
-        );
     }
 }

@@ -439,6 +439,7 @@ async fn watching_needs_permission(backend: Backend) {
                 hash,
                 scopes: vec![scope],
                 rate_limit_per_sec: None,
+                trust_client_address: false,
             });
         }
     })

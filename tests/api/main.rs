@@ -12,6 +12,7 @@ mod feed;
 mod hostile;
 mod identity;
 mod invitations;
+mod limits;
 mod log_secrets;
 mod members;
 mod orgs;

@@ -29,6 +29,7 @@ fn key(name: &str, scopes: &[&str], rate: Option<u32>) -> (String, ServiceKeyCon
             hash,
             scopes,
             rate_limit_per_sec: rate,
+            trust_client_address: false,
         },
     )
 }
