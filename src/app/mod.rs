@@ -57,6 +57,8 @@ pub type AppResult<T> = Result<T, AppError>;
 pub struct AppSettings {
     pub invitation_ttl: chrono::Duration,
     pub identity: identity::IdentitySettings,
+    /// `roles.max_per_org`: custom roles one organization may have.
+    pub max_custom_roles_per_org: u32,
 }
 
 impl Default for AppSettings {
@@ -64,6 +66,7 @@ impl Default for AppSettings {
         AppSettings {
             invitation_ttl: chrono::Duration::days(7),
             identity: identity::IdentitySettings::default(),
+            max_custom_roles_per_org: 100,
         }
     }
 }

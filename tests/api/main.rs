@@ -13,6 +13,7 @@ mod hostile;
 mod identity;
 mod invitations;
 mod log_secrets;
+mod maintenance;
 mod members;
 mod orgs;
 mod policies;
