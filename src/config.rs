@@ -82,6 +82,8 @@ pub struct Config {
     pub redis: RedisConfig,
     pub cache: CacheConfig,
     pub invitations: InvitationConfig,
+    /// Custom roles each organization may define.
+    pub roles: RolesConfig,
     /// Accounts and sign-in: password hashing, session tokens, TOTP, rate limits.
     pub identity: IdentityConfig,
     pub mail: MailConfig,
@@ -268,6 +270,22 @@ pub struct InvitationConfig {
     /// (development). Turn it on for a calling backend that delivers the email itself.
     /// While it is on, AcceptInvitation refuses a `password` (the inviter knew the token).
     pub return_token: Option<bool>,
+}
+
+/// Custom roles (CreateRole).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolesConfig {
+    /// Custom roles one organization may have; CreateRole beyond it is `FAILED_PRECONDITION`
+    /// / `ROLE_LIMIT`. Bounds the rows one org's admins can make the service store and list.
+    /// 0 turns custom roles off.
+    pub max_per_org: u32,
+}
+
+impl Default for RolesConfig {
+    fn default() -> Self {
+        RolesConfig { max_per_org: 100 }
+    }
 }
 
 /// Accounts and sign-in.
@@ -568,6 +586,7 @@ impl Default for Config {
             },
             cache: CacheConfig::default(),
             invitations: InvitationConfig::default(),
+            roles: RolesConfig::default(),
             identity: IdentityConfig::default(),
             mail: MailConfig::default(),
             server: ServerConfig::default(),
@@ -814,6 +833,9 @@ impl Config {
         }
         if self.invitations.ttl_hours == 0 || self.invitations.ttl_hours > 24 * 365 {
             return range("invitations.ttl_hours", "must be 1 to 8760 (a year)");
+        }
+        if self.roles.max_per_org > 10_000 {
+            return range("roles.max_per_org", "must be 0 to 10000");
         }
         self.validate_mail()?;
         self.identity.validate()?;
@@ -1105,6 +1127,19 @@ mod tests {
             assert!(err.to_string().contains("telemetry.otlp_endpoint"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn roles_settings() {
+        assert_eq!(Config::default().roles.max_per_org, 100);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[roles]\nmax_per_org = 3\n").unwrap();
+        let c = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(c.roles.max_per_org, 3);
+        std::fs::write(&path, "[roles]\nmax_per_org = 10001\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("roles.max_per_org"), "{err}");
     }
 
     #[test]

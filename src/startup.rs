@@ -267,6 +267,7 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
             ),
             return_invitation_tokens: config.returns_invitation_tokens(),
             identity: crate::app::identity::IdentitySettings::from_config(&config.identity),
+            max_custom_roles_per_org: config.roles.max_per_org,
         },
         decisions,
     });
@@ -290,7 +291,7 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
     );
     let mut background = vec![
         tokio::spawn(outbox.clone().run()),
-        tokio::spawn(feed.clone().run_pruner()),
+        tokio::spawn(feed.clone().run_pruner(app.clone())),
         tokio::spawn(watch_database(
             store.clone(),
             health.clone(),

@@ -26,6 +26,7 @@ use crate::app::App;
 use crate::app::authz::{Freshness, Reason};
 use crate::config::{ExtAuthzConfig, UnmappedRoute};
 use crate::domain::ids::{OrgId, UserId};
+use crate::domain::routes::InvalidPath;
 
 /// The response header (to the HTTP client) that says why a request was denied.
 pub const REASON_HEADER: &str = "x-teamgate-reason";
@@ -62,6 +63,9 @@ pub enum Verdict {
     InvalidHeader,
     /// The CheckRequest carries no HTTP request attributes.
     NoHttpRequest,
+    /// The request path has no normal form (an encoded `/` or `\`, a NUL, a bad escape, a
+    /// `..` above the root, …), so no route can be matched safely.
+    InvalidPath,
 }
 
 impl Verdict {
@@ -79,6 +83,7 @@ impl Verdict {
             Verdict::MissingOrg => "REASON_MISSING_ORG",
             Verdict::InvalidHeader => "REASON_INVALID_HEADER",
             Verdict::NoHttpRequest => "REASON_NO_HTTP_REQUEST",
+            Verdict::InvalidPath => "REASON_INVALID_PATH",
         }
     }
 
@@ -110,7 +115,8 @@ impl Verdict {
             | Verdict::UnmappedRoute
             | Verdict::MissingOrg
             | Verdict::InvalidHeader
-            | Verdict::NoHttpRequest => (Code::PermissionDenied, HttpStatusCode::Forbidden),
+            | Verdict::NoHttpRequest
+            | Verdict::InvalidPath => (Code::PermissionDenied, HttpStatusCode::Forbidden),
         }
     }
 
@@ -130,6 +136,9 @@ impl Verdict {
             Verdict::MissingOrg => "the request names no organization",
             Verdict::InvalidHeader => "a user or organization header is not a single valid id",
             Verdict::NoHttpRequest => "the check request carries no HTTP request",
+            Verdict::InvalidPath => {
+                "the request path cannot be normalized (encoded slash or backslash, NUL, invalid escape, or `..` above the root)"
+            }
         }
     }
 
@@ -220,7 +229,16 @@ impl ExtAuthzApi {
         let Some(http) = http else {
             return Ok(Verdict::NoHttpRequest);
         };
-        let Some(route) = self.app.policy.route_for(&http.method, &http.path) else {
+        // Refused before the unmapped-route setting applies: a path with no normal form
+        // could be served as a mapped route by an upstream that decodes it differently.
+        let route = match self.app.policy.route_for(&http.method, &http.path) {
+            Ok(route) => route,
+            Err(InvalidPath(why)) => {
+                tracing::debug!(why, "request path has no normal form");
+                return Ok(Verdict::InvalidPath);
+            }
+        };
+        let Some(route) = route else {
             return Ok(match self.settings.unmapped {
                 UnmappedRoute::Allow => Verdict::UnmappedAllowed,
                 UnmappedRoute::Deny => Verdict::UnmappedRoute,

@@ -33,6 +33,22 @@ pub fn page_request(
     page_size: i32,
     page_token: &str,
 ) -> Result<PageRequest, Status> {
+    // Only the canonical (lower-case, hyphenated) form the service issued is a key: keys are
+    // compared as text, so `{…}`, `urn:uuid:…` or upper-case spellings would page wrongly.
+    page_request_keyed(list, scope, page_size, page_token, |a| {
+        uuid::Uuid::try_parse(a).is_ok_and(|u| u.hyphenated().to_string() == a)
+    })
+}
+
+/// [`page_request`] for a list keyed by something other than a UUID: `is_key` says whether
+/// a token's key is in the canonical form the list issues (anything else is an edit).
+pub fn page_request_keyed(
+    list: &str,
+    scope: &str,
+    page_size: i32,
+    page_token: &str,
+    is_key: impl Fn(&str) -> bool,
+) -> Result<PageRequest, Status> {
     let size = match page_size {
         0 => DEFAULT_PAGE_SIZE,
         n if (1..=MAX_PAGE_SIZE).contains(&n) => u64::try_from(n).unwrap_or(DEFAULT_PAGE_SIZE),
@@ -61,10 +77,7 @@ pub fn page_request(
     }
     let bytes = URL_SAFE_NO_PAD.decode(page_token).map_err(|_| bad())?;
     let wire: Wire = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    // Only the canonical (lower-case, hyphenated) form the service issued is a key: keys are
-    // compared as text, so `{…}`, `urn:uuid:…` or upper-case spellings would page wrongly.
-    let canonical = uuid::Uuid::try_parse(&wire.a).map(|u| u.hyphenated().to_string());
-    if wire.l != list || wire.s != scope || canonical.ok().as_deref() != Some(wire.a.as_str()) {
+    if wire.l != list || wire.s != scope || !is_key(&wire.a) {
         return Err(bad());
     }
     Ok(PageRequest {

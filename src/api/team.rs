@@ -11,7 +11,7 @@ use super::context::ctx;
 use super::convert;
 use super::error::with_reason;
 use super::limits::FailureLimiter;
-use super::paging::{next_token, page_request};
+use super::paging::{next_token, page_request, page_request_keyed};
 use crate::app::App;
 use crate::app::invitations::{Acceptance, NewInvitation};
 use crate::app::orgs::{NewOrg, NewOwner, OrgChanges};
@@ -421,10 +421,16 @@ impl TeamService for TeamApi {
         request: Request<pb::ListRolesRequest>,
     ) -> Result<Response<pb::ListRolesResponse>, Status> {
         let ctx = ctx(&request)?;
-        let id = org_id(&request.get_ref().org_id)?;
-        let roles = self.app.list_roles(&ctx, &id).await?;
+        let req = request.into_inner();
+        let id = org_id(&req.org_id)?;
+        let scope = id.to_string();
+        let page = page_request_keyed("roles", &scope, req.page_size, &req.page_token, |a| {
+            RoleKey::parse(a).is_ok()
+        })?;
+        let page = self.app.list_roles(&ctx, &id, page).await?;
         Ok(Response::new(pb::ListRolesResponse {
-            roles: roles.iter().map(convert::role).collect(),
+            roles: page.items.iter().map(convert::role).collect(),
+            next_page_token: next_token("roles", &scope, page.next),
         }))
     }
 

@@ -563,6 +563,17 @@ impl App {
         Ok(())
     }
 
+    /// Deletes the sign-in failures older than the failure window: no limit counts them any
+    /// more, and without this every failed attempt (unknown emails included) would stay
+    /// forever. Returns how many were deleted.
+    pub async fn prune_auth_failures(&self) -> AppResult<u64> {
+        let before = self.now() - self.identity().failure_window;
+        let tx = self.store.write().await?;
+        let pruned = ids_store::prune_failures(&*tx, before).await?;
+        tx.commit().await?;
+        Ok(pruned)
+    }
+
     /// Signs a user in. Every mismatch (unknown email, wrong password, disabled account,
     /// missing, wrong or reused code) answers the same `INVALID_CREDENTIALS`.
     #[tracing::instrument(skip_all)]

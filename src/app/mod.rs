@@ -59,6 +59,8 @@ pub struct AppSettings {
     /// Whether invitation tokens go back to the inviting caller as well as by email.
     pub return_invitation_tokens: bool,
     pub identity: identity::IdentitySettings,
+    /// `roles.max_per_org`: custom roles one organization may have.
+    pub max_custom_roles_per_org: u32,
 }
 
 impl Default for AppSettings {
@@ -67,6 +69,7 @@ impl Default for AppSettings {
             invitation_ttl: chrono::Duration::days(7),
             return_invitation_tokens: true,
             identity: identity::IdentitySettings::default(),
+            max_custom_roles_per_org: 100,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::{App, AppResult, RequestCtx, org_not_found, token};
+use super::{App, AppResult, Page, PageRequest, RequestCtx, org_not_found, token};
 use crate::domain::DomainError;
 use crate::domain::ids::OrgId;
 use crate::domain::roles::{ResolvedRole, RoleKey, parse_permissions};
@@ -48,28 +48,63 @@ fn counted(n: u64, one: &str, many: &str) -> String {
 }
 
 impl App {
-    pub async fn list_roles(&self, ctx: &RequestCtx, org_id: &OrgId) -> AppResult<Vec<RoleView>> {
+    /// One page of an org's roles: the policy's built-in roles in policy order, then the
+    /// org's custom roles by key in byte order. A page continues after a role key: a custom
+    /// key never equals a built-in one (CreateRole refuses those), so the key alone says
+    /// which part of the list it is in.
+    pub async fn list_roles(
+        &self,
+        ctx: &RequestCtx,
+        org_id: &OrgId,
+        page: PageRequest,
+    ) -> AppResult<Page<RoleView>> {
         let c = self.store.conn();
         let id = org_id.to_string();
         self.readable_org(ctx, &id, "members.view").await?;
-        let mut out = Vec::new();
-        let built_in = self.policy.roles().iter().map(|b| ResolvedRole {
-            key: b.key.clone(),
-            display_name: b.display_name.clone(),
-            permissions: b.permissions.clone(),
-            built_in: true,
-        });
-        let custom: Vec<ResolvedRole> = roles::list_custom(c, &id)
-            .await?
-            .into_iter()
-            .map(|r| self.custom_role(r))
+        let built_in = self.policy.roles();
+        let (built_in_from, custom_after) = match page.after.as_deref() {
+            None => (0, None),
+            Some(after) => match built_in.iter().position(|b| b.key == after) {
+                Some(i) => (i + 1, None),
+                None => (built_in.len(), Some(after)),
+            },
+        };
+        let wanted = usize::try_from(page.size.saturating_add(1)).unwrap_or(usize::MAX);
+        let mut page_roles: Vec<ResolvedRole> = built_in[built_in_from..]
+            .iter()
+            .take(wanted)
+            .map(|b| ResolvedRole {
+                key: b.key.clone(),
+                display_name: b.display_name.clone(),
+                permissions: b.permissions.clone(),
+                built_in: true,
+            })
             .collect();
-        let counts = members::count_by_role(c, &id).await?;
-        for role in built_in.chain(custom) {
-            let member_count = counts.get(&role.key).copied().unwrap_or(0);
-            out.push(RoleView { role, member_count });
+        if page_roles.len() < wanted {
+            // Sorted here rather than by the database, whose collation may not be byte
+            // order; `roles.max_per_org` keeps the set small.
+            let mut custom = roles::list_custom(c, &id).await?;
+            custom.sort_by(|a, b| a.key.cmp(&b.key));
+            let more = wanted - page_roles.len();
+            page_roles.extend(
+                custom
+                    .into_iter()
+                    .filter(|r| custom_after.is_none_or(|after| r.key.as_str() > after))
+                    .take(more)
+                    .map(|r| self.custom_role(r)),
+            );
         }
-        Ok(out)
+        let counts = members::count_by_role(c, &id).await?;
+        let items = page_roles
+            .into_iter()
+            .map(|role| RoleView {
+                member_count: counts.get(&role.key).copied().unwrap_or(0),
+                role,
+            })
+            .collect();
+        Ok(Page::from_overfetch(items, page.size, |v| {
+            v.role.key.clone()
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(org_id = %org_id, role = %def.key))]
@@ -101,6 +136,19 @@ impl App {
                 "ROLE_EXISTS",
                 format!(
                     "this organization already has a role `{key}`: update it or pick another key"
+                ),
+            )
+            .into());
+        }
+        // Counted under the org's row lock, so concurrent creates cannot both pass at the
+        // limit.
+        let max = self.settings.max_custom_roles_per_org;
+        let existing = roles::count_custom(&*tx, &id).await?;
+        if existing >= u64::from(max) {
+            return Err(DomainError::precondition(
+                "ROLE_LIMIT",
+                format!(
+                    "this organization has {existing} custom roles and the limit is {max} (roles.max_per_org): delete a custom role it no longer needs first"
                 ),
             )
             .into());

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tower::{Layer, Service};
 
 use crate::api::auth::Scope;
+use crate::app::App;
 use crate::config::{AuthConfig, FeedConfig, FeedWebhookConfig};
 use crate::domain::clock::Clock;
 use crate::domain::consistency::ConsistencyToken;
@@ -208,8 +209,9 @@ impl Feed {
         changes::prune(&self.store, self.clock.now() - retention).await
     }
 
-    /// Prunes periodically (every tenth of the retention, between 1 s and 1 min).
-    pub async fn run_pruner(self: Arc<Self>) {
+    /// The server's maintenance loop: prunes the change feed, and sign-in failures past
+    /// their window, periodically (every tenth of the retention, between 1 s and 1 min).
+    pub async fn run_pruner(self: Arc<Self>, app: Arc<App>) {
         let every =
             (self.settings.retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
         let mut closing = self.closing();
@@ -220,6 +222,9 @@ impl Feed {
             }
             if let Err(e) = self.prune_now().await {
                 tracing::warn!(error = %e, "pruning the change feed failed; will retry");
+            }
+            if let Err(e) = app.prune_auth_failures().await {
+                tracing::warn!(error = %e, "pruning sign-in failures failed; will retry");
             }
         }
     }

@@ -209,6 +209,18 @@ pub async fn record_failure<C: ConnectionTrait>(
     Ok(())
 }
 
+/// Deletes the failures recorded before `before`; returns how many.
+pub async fn prune_failures<C: ConnectionTrait>(
+    c: &C,
+    before: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let res = auth_failures::Entity::delete_many()
+        .filter(auth_failures::Column::OccurredAt.lt(before))
+        .exec(c)
+        .await?;
+    Ok(res.rows_affected)
+}
+
 pub async fn clear_failures<C: ConnectionTrait>(c: &C, subject: &str) -> Result<(), StoreError> {
     auth_failures::Entity::delete_many()
         .filter(auth_failures::Column::Subject.eq(subject))

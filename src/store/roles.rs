@@ -2,7 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set,
+};
 
 use super::entities::roles;
 use super::{StoreError, encode_permissions};
@@ -33,6 +35,14 @@ pub async fn list_custom<C: ConnectionTrait>(
         .filter(roles::Column::OrgId.eq(org_id))
         .order_by_asc(roles::Column::Key)
         .all(c)
+        .await?)
+}
+
+/// How many custom roles an org has.
+pub async fn count_custom<C: ConnectionTrait>(c: &C, org_id: &str) -> Result<u64, StoreError> {
+    Ok(roles::Entity::find()
+        .filter(roles::Column::OrgId.eq(org_id))
+        .count(c)
         .await?)
 }
 

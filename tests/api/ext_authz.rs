@@ -23,6 +23,8 @@ on_both_backends!(
     header_names_are_configurable,
     removed_member_is_denied_at_once,
     served_next_to_the_others,
+    paths_are_judged_in_normal_form,
+    paths_without_a_normal_form_are_denied,
 );
 
 const REASON_HEADER: &str = "x-teamgate-reason";
@@ -375,5 +377,107 @@ async fn served_next_to_the_others(b: Backend) {
         health.status(),
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
+    s.stop().await;
+}
+
+/// Routes match the path an upstream will serve, not its raw spelling: `..`, `.`, `//` and
+/// escaped unreserved characters are resolved before the longest prefix is chosen.
+async fn paths_are_judged_in_normal_form(b: Backend) {
+    let s = spawn(b).await;
+    let (org, owner) = s.org("Acme", "").await;
+    let member = s.member(&org, &owner, "member").await;
+    // Each is `/admin` (org.update): the owner may, a member may not. Raw, the last two
+    // matched `GET /api/projects` (projects.view) and let the member through.
+    for path in [
+        "/api/../admin",
+        "/api/%2e%2e/admin",
+        "/api/%2E%2E/admin",
+        "//admin",
+        "/api/./../admin/",
+        "/%61dmin?next=/api/projects",
+        "/api/projects/../../admin",
+        "/api/projects/%2e%2e/%2e%2e/admin/settings",
+    ] {
+        let r = ext_check(&s, as_user("GET", path, &org, &owner)).await;
+        assert_allowed(&r);
+        let r = ext_check(&s, as_user("GET", path, &org, &member)).await;
+        assert_forbidden(&r, "REASON_MISSING_PERMISSION");
+    }
+    // And the other way round: this is `GET /api/projects`, which a member may.
+    for path in [
+        "/admin/../api/projects",
+        "/api//projects/1",
+        "/api/projects/./1",
+    ] {
+        let r = ext_check(&s, as_user("GET", path, &org, &member)).await;
+        assert_allowed(&r);
+    }
+    // Normal paths are unaffected.
+    let r = ext_check(
+        &s,
+        as_user("GET", "/api/projects/1?x=/admin", &org, &member),
+    )
+    .await;
+    assert_allowed(&r);
+    let r = ext_check(&s, as_user("DELETE", "/api/projects/1", &org, &member)).await;
+    assert_forbidden(&r, "REASON_MISSING_PERMISSION");
+    let r = ext_check(&s, as_user("PATCH", "/admin/settings", &org, &member)).await;
+    assert_forbidden(&r, "REASON_MISSING_PERMISSION");
+    let r = ext_check(&s, as_user("GET", "/health", &org, &owner)).await;
+    assert_forbidden(&r, "REASON_UNMAPPED_ROUTE");
+    // A path that resolves outside every route is unmapped, not mapped by its raw prefix.
+    let r = ext_check(
+        &s,
+        as_user("GET", "/api/projects/../../health", &org, &member),
+    )
+    .await;
+    assert_forbidden(&r, "REASON_UNMAPPED_ROUTE");
+    s.stop().await;
+}
+
+/// A path with no single normal form is denied with `REASON_INVALID_PATH`, whoever asks and
+/// whatever `ext_authz.unmapped` says: upstreams disagree on what it names.
+async fn paths_without_a_normal_form_are_denied(b: Backend) {
+    let s = spawn(b).await;
+    let (org, owner) = s.org("Acme", "").await;
+    let member = s.member(&org, &owner, "member").await;
+    let invalid = [
+        "/api/%2Fadmin",
+        "/api/%2fadmin",
+        // Raw, these fell under `GET /api/projects` and let the member through.
+        "/api/projects%2F..%2F..%2Fadmin",
+        "/api/projects/%5C..%5C..%5Cadmin",
+        "/api/projects\\..\\..\\admin",
+        "/api/projects/%00",
+        "/api/projects/%zz",
+        "/api/projects/%4",
+        "/api/projects/../../../admin",
+        "/..",
+        "",
+    ];
+    for path in invalid {
+        for user in [&owner, &member] {
+            let r = ext_check(&s, as_user("GET", path, &org, user)).await;
+            assert_forbidden(&r, "REASON_INVALID_PATH");
+        }
+        let r = ext_check(&s, request("GET", path, &[])).await;
+        assert_forbidden(&r, "REASON_INVALID_PATH");
+    }
+    // Other escapes are fine: they stay escaped and match as usual.
+    let r = ext_check(&s, as_user("GET", "/api/projects/a%20b", &org, &member)).await;
+    assert_allowed(&r);
+    s.stop().await;
+
+    let s = TestServer::spawn_with(b, |c| {
+        with_routes(c);
+        c.ext_authz.unmapped = UnmappedRoute::Allow;
+    })
+    .await;
+    let r = ext_check(&s, request("GET", "/public/index.html", &[])).await;
+    assert_allowed(&r);
+    for path in ["/public/%2F..%2Fadmin", "/public/../../admin"] {
+        let r = ext_check(&s, request("GET", path, &[])).await;
+        assert_forbidden(&r, "REASON_INVALID_PATH");
+    }
     s.stop().await;
 }

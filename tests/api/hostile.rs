@@ -616,6 +616,7 @@ async fn sql_metacharacters_are_stored_verbatim(b: Backend) {
             &owner,
             pb::ListRolesRequest {
                 org_id: org.clone(),
+                ..Default::default()
             },
         ))
         .await
@@ -1077,6 +1078,7 @@ async fn invisible_and_bidi_characters_are_refused(b: Backend) {
             &owner,
             pb::ListRolesRequest {
                 org_id: org.clone(),
+                ..Default::default()
             },
         ))
         .await

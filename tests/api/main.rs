@@ -14,6 +14,7 @@ mod identity;
 mod invitations;
 mod limits;
 mod log_secrets;
+mod maintenance;
 mod members;
 mod orgs;
 mod policies;

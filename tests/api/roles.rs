@@ -5,6 +5,9 @@ use teamgate::proto::teamgate::v1 as pb;
 use tonic::{Code, Status};
 
 use crate::helpers::{Backend, TestServer, as_actor, assert_error, unwrap_err};
+
+/// The role limit these tests run with (`roles.max_per_org`).
+const ROLE_LIMIT: u32 = 3;
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -19,6 +22,10 @@ on_both_backends!(
     role_in_use_counts_members_and_invitations,
     reassign_moves_every_holder,
     role_changes_are_audited,
+    create_role_stops_at_the_role_limit,
+    concurrent_creates_stay_within_the_role_limit,
+    list_roles_pages_cover_every_role_once,
+    list_roles_page_tokens_are_scoped,
 );
 
 fn strings(xs: &[&str]) -> Vec<String> {
@@ -93,7 +100,13 @@ async fn delete_role(
 async fn list_roles(s: &TestServer, actor: &str, org: &str) -> Vec<pb::Role> {
     s.team
         .clone()
-        .list_roles(as_actor(actor, pb::ListRolesRequest { org_id: org.into() }))
+        .list_roles(as_actor(
+            actor,
+            pb::ListRolesRequest {
+                org_id: org.into(),
+                ..Default::default()
+            },
+        ))
         .await
         .expect("roles listed")
         .into_inner()
@@ -1026,5 +1039,230 @@ async fn role_changes_are_audited(b: Backend) {
     assert_eq!(after["reassigned_to"], "member");
     assert_eq!(after["moved"], 1);
     assert_eq!(role_of(&s, &owner, &org, &holder).await, "member");
+    s.stop().await;
+}
+
+async fn list_roles_page(
+    s: &TestServer,
+    actor: &str,
+    org: &str,
+    page_size: i32,
+    page_token: &str,
+) -> Result<pb::ListRolesResponse, Status> {
+    s.team
+        .clone()
+        .list_roles(as_actor(
+            actor,
+            pb::ListRolesRequest {
+                org_id: org.into(),
+                page_size,
+                page_token: page_token.into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn create_role_stops_at_the_role_limit(b: Backend) {
+    let s = TestServer::spawn_with(b, |c| c.roles.max_per_org = ROLE_LIMIT).await;
+    let (org, owner) = s.org("Acme", "business").await;
+    for key in ["r1", "r2", "r3"] {
+        create_role(&s, &owner, &org, key, &["projects.view"])
+            .await
+            .unwrap();
+    }
+    let err = unwrap_err(create_role(&s, &owner, &org, "r4", &["projects.view"]).await);
+    assert_error(&err, Code::FailedPrecondition, "ROLE_LIMIT");
+    assert!(
+        err.message().contains("limit is 3"),
+        "the message says the limit: {err:?}"
+    );
+    assert!(find_role(&s, &owner, &org, "r4").await.is_none());
+    // A duplicate key is still ROLE_EXISTS, the more useful answer.
+    let err = unwrap_err(create_role(&s, &owner, &org, "r1", &["projects.view"]).await);
+    assert_error(&err, Code::AlreadyExists, "ROLE_EXISTS");
+    // Updating at the limit is fine; deleting makes room.
+    update_role(&s, &owner, &org, "r1", &["reports.view"])
+        .await
+        .unwrap();
+    delete_role(&s, &owner, &org, "r2", "").await.unwrap();
+    create_role(&s, &owner, &org, "r4", &["projects.view"])
+        .await
+        .unwrap();
+    // The limit is per organization.
+    let (other, other_owner) = s.org("Globex", "business").await;
+    for key in ["r1", "r2", "r3"] {
+        create_role(&s, &other_owner, &other, key, &["projects.view"])
+            .await
+            .unwrap();
+    }
+    s.stop().await;
+}
+
+/// The count is taken under the org's row lock, so a burst of creates cannot overrun it.
+async fn concurrent_creates_stay_within_the_role_limit(b: Backend) {
+    let s = TestServer::spawn_with(b, |c| c.roles.max_per_org = ROLE_LIMIT).await;
+    let (org, owner) = s.org("Acme", "business").await;
+    let attempts = (0..12).map(|i| {
+        let team = s.team.clone();
+        let (org, owner) = (org.clone(), owner.clone());
+        tokio::spawn(async move {
+            team.clone()
+                .create_role(as_actor(
+                    &owner,
+                    pb::CreateRoleRequest {
+                        org_id: org,
+                        key: format!("burst{i}"),
+                        display_name: String::new(),
+                        permissions: strings(&["projects.view"]),
+                    },
+                ))
+                .await
+        })
+    });
+    let results = futures::future::join_all(attempts).await;
+    let mut created = 0;
+    for r in results {
+        match r.unwrap() {
+            Ok(_) => created += 1,
+            Err(e) => assert_error(&e, Code::FailedPrecondition, "ROLE_LIMIT"),
+        }
+    }
+    assert_eq!(created, ROLE_LIMIT);
+    let custom = list_roles(&s, &owner, &org)
+        .await
+        .into_iter()
+        .filter(|r| !r.built_in)
+        .count();
+    assert_eq!(custom, ROLE_LIMIT as usize);
+    s.stop().await;
+}
+
+/// Built-in roles in policy order, then custom roles by key in byte order; every page size
+/// sees each role exactly once, with its member count, and the default page is all of them.
+async fn list_roles_pages_cover_every_role_once(b: Backend) {
+    let s = TestServer::spawn(b).await;
+    let (org, owner) = s.org("Acme", "business").await;
+    // Keys whose byte order differs from a natural-language collation's.
+    for key in ["z", "ab", "a_b", "m-1", "a0", "a-b", "finance"] {
+        create_role(&s, &owner, &org, key, &["projects.view"])
+            .await
+            .unwrap();
+    }
+    for _ in 0..2 {
+        s.member(&org, &owner, "a_b").await;
+    }
+    s.member(&org, &owner, "manager").await;
+    let expected = [
+        "owner", "admin", "manager", "member", "a-b", "a0", "a_b", "ab", "finance", "m-1", "z",
+    ];
+
+    // The default page size returns every role of an org with the shipped policy.
+    let all = list_roles_page(&s, &owner, &org, 0, "").await.unwrap();
+    let keys: Vec<&str> = all.roles.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, expected);
+    assert_eq!(all.next_page_token, "");
+
+    for size in 1..=12 {
+        let mut seen: Vec<pb::Role> = Vec::new();
+        let mut token = String::new();
+        let mut pages = 0;
+        loop {
+            let page = list_roles_page(&s, &owner, &org, size, &token)
+                .await
+                .unwrap();
+            pages += 1;
+            assert!(page.roles.len() <= size as usize);
+            seen.extend(page.roles);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+            assert!(pages <= expected.len(), "size {size}: pages never end");
+        }
+        let keys: Vec<&str> = seen.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, expected, "page size {size}");
+        let count = |key: &str| seen.iter().find(|r| r.key == key).unwrap().member_count;
+        assert_eq!(count("owner"), 1, "page size {size}");
+        assert_eq!(count("manager"), 1, "page size {size}");
+        assert_eq!(count("a_b"), 2, "page size {size}");
+        assert_eq!(count("z"), 0, "page size {size}");
+        assert_eq!(
+            seen.iter().filter(|r| r.built_in).count(),
+            4,
+            "page size {size}"
+        );
+    }
+
+    // A page continues after its last key even when that role is gone meanwhile.
+    let first = list_roles_page(&s, &owner, &org, 5, "").await.unwrap();
+    assert_eq!(first.roles.last().unwrap().key, "a-b");
+    delete_role(&s, &owner, &org, "a-b", "").await.unwrap();
+    let next = list_roles_page(&s, &owner, &org, 5, &first.next_page_token)
+        .await
+        .unwrap();
+    let keys: Vec<&str> = next.roles.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, ["a0", "a_b", "ab", "finance", "m-1"]);
+    s.stop().await;
+}
+
+/// Page tokens are bound to the list and the org, as on every other list.
+async fn list_roles_page_tokens_are_scoped(b: Backend) {
+    let s = TestServer::spawn(b).await;
+    let (org, owner) = s.org("Acme", "business").await;
+    let (other, other_owner) = s.org("Globex", "business").await;
+    s.member(&org, &owner, "member").await;
+    let roles_token = list_roles_page(&s, &owner, &org, 2, "")
+        .await
+        .unwrap()
+        .next_page_token;
+    assert!(!roles_token.is_empty());
+    // Fine for its own org and list.
+    list_roles_page(&s, &owner, &org, 2, &roles_token)
+        .await
+        .unwrap();
+    // Another org's list.
+    let err = unwrap_err(list_roles_page(&s, &other_owner, &other, 2, &roles_token).await);
+    assert_error(&err, Code::InvalidArgument, "INVALID_PAGE_TOKEN");
+    // Another list's token, both ways.
+    let members_token = s
+        .team
+        .clone()
+        .list_members(as_actor(
+            &owner,
+            pb::ListMembersRequest {
+                org_id: org.clone(),
+                page_size: 1,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .next_page_token;
+    assert!(!members_token.is_empty());
+    let err = unwrap_err(list_roles_page(&s, &owner, &org, 2, &members_token).await);
+    assert_error(&err, Code::InvalidArgument, "INVALID_PAGE_TOKEN");
+    let err = unwrap_err(
+        s.team
+            .clone()
+            .list_members(as_actor(
+                &owner,
+                pb::ListMembersRequest {
+                    org_id: org.clone(),
+                    page_token: roles_token.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await,
+    );
+    assert_error(&err, Code::InvalidArgument, "INVALID_PAGE_TOKEN");
+    // Edited tokens and out-of-range sizes, as on every list.
+    for bad in ["garbage", &roles_token[..roles_token.len() - 2]] {
+        let err = unwrap_err(list_roles_page(&s, &owner, &org, 2, bad).await);
+        assert_error(&err, Code::InvalidArgument, "INVALID_PAGE_TOKEN");
+    }
+    let err = unwrap_err(list_roles_page(&s, &owner, &org, 501, "").await);
+    assert_error(&err, Code::InvalidArgument, "INVALID_PAGE_SIZE");
     s.stop().await;
 }

@@ -405,7 +405,13 @@ async fn team_attempts(s: &TestServer, v: &Victim, actor: &str) -> Vec<Outcome> 
         .await;
     push("RevokeInvitation", ok(r), NotMember("members.manage"));
     let r = t
-        .list_roles(as_actor(actor, pb::ListRolesRequest { org_id: o() }))
+        .list_roles(as_actor(
+            actor,
+            pb::ListRolesRequest {
+                org_id: o(),
+                ..Default::default()
+            },
+        ))
         .await;
     push("ListRoles", ok(r), NotMember("members.view"));
     let r = t
@@ -971,7 +977,13 @@ async fn own_org_calls_cannot_reach_another_orgs_objects(b: Backend) {
         .events;
     assert!(events.iter().all(|e| e.org_id == x.org), "{events:?}");
     let roles = t
-        .list_roles(as_actor(a, pb::ListRolesRequest { org_id: o() }))
+        .list_roles(as_actor(
+            a,
+            pb::ListRolesRequest {
+                org_id: o(),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
