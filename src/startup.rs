@@ -289,6 +289,7 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
     let mut background = vec![
         tokio::spawn(outbox.clone().run()),
         tokio::spawn(feed.clone().run_pruner()),
+        tokio::spawn(feed.clone().run_reader()),
         tokio::spawn(watch_database(
             store.clone(),
             health.clone(),
