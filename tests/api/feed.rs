@@ -34,6 +34,7 @@ on_both_backends!(
     removed_actor_stream_ends,
     actor_losing_members_view_stream_ends,
     disabled_actor_stream_ends,
+    deleted_org_stream_ends_after_the_deletion,
 );
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -1012,5 +1013,28 @@ async fn disabled_actor_stream_ends(backend: Backend) {
         .expect("the owner disables the member");
     let status = ends_with(&mut stream).await;
     assert_error(&status, Code::PermissionDenied, "USER_DISABLED");
+    s.stop().await;
+}
+
+async fn deleted_org_stream_ends_after_the_deletion(backend: Backend) {
+    let s = TestServer::spawn(backend).await;
+    let (org, owner) = s.org("Acme", "free").await;
+    let mut stream = watch(&s.team, &owner, &org, "").await;
+    s.team
+        .clone()
+        .delete_organization(as_actor(
+            &owner,
+            pb::DeleteOrganizationRequest {
+                org_id: org.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_n(&mut stream, 1).await[0].action,
+        "organization.deleted"
+    );
+    let status = ends_with(&mut stream).await;
+    assert_error(&status, Code::NotFound, "ORG_NOT_FOUND");
     s.stop().await;
 }
