@@ -26,7 +26,8 @@ const FAILURES_BEFORE_GIVING_UP: u32 = 3;
 
 #[derive(Debug)]
 pub struct Batch {
-    /// Every change with `seq <= after` was published before this batch.
+    /// Only a stream that has accounted for every change up to here may apply the batch;
+    /// one that has not re-reads the table (it lagged, or the reader jumped a pruned gap).
     pub after: i64,
     /// This batch holds every change with `after < seq <= through`.
     pub through: i64,
@@ -88,21 +89,17 @@ impl Hub {
         (state.tx.receiver_count() > 0).then_some(state.position)
     }
 
-    /// Publishes what was read after `from`, unless the position moved meanwhile (a new
+    /// Publishes a batch read after `from`, unless the position moved meanwhile (a new
     /// first subscriber reset it): then the read is dropped and done again.
-    fn publish(&self, from: i64, through: i64, rows: Vec<ChangeRow>) -> bool {
+    fn publish(&self, from: i64, batch: Batch) -> bool {
         let mut state = self.lock();
         if state.position != from {
             return false;
         }
-        state.position = through;
-        if through != from {
+        state.position = batch.through;
+        if batch.through != from {
             // Sent under the lock, so a subscriber sees either this batch or its position.
-            let _ = state.tx.send(Msg::Batch(Arc::new(Batch {
-                after: from,
-                through,
-                rows,
-            })));
+            let _ = state.tx.send(Msg::Batch(Arc::new(batch)));
         }
         true
     }
@@ -132,16 +129,26 @@ impl Feed {
                         failures = 0;
                         self.stats.shared_reads.fetch_add(1, Ordering::Relaxed);
                         if page.pruned_past(from) {
-                            // Streams see a batch that starts past them and re-read the table,
-                            // which tells each whether its own position was pruned.
-                            self.hub
-                                .publish(from, page.extent.pruned_through, Vec::new());
+                            // Jump past the gap with a batch that starts after it: streams
+                            // behind it re-read the table, which tells each whether its own
+                            // position was pruned.
+                            let to = page.extent.pruned_through;
+                            let skip = Batch {
+                                after: to,
+                                through: to,
+                                rows: Vec::new(),
+                            };
+                            self.hub.publish(from, skip);
                             continue;
                         }
                         let full = page.rows.len() as u64 >= PAGE;
-                        let through = page.next_position(from, PAGE);
+                        let batch = Batch {
+                            after: from,
+                            through: page.next_position(from, PAGE),
+                            rows: page.rows,
+                        };
                         // Not published: a new first subscriber moved the position; read again.
-                        more = !self.hub.publish(from, through, page.rows) || full;
+                        more = !self.hub.publish(from, batch) || full;
                     }
                     Err(e) => {
                         failures += 1;
@@ -161,6 +168,62 @@ impl Feed {
                 _ = tokio::time::sleep(self.settings.poll_interval) => {}
                 _ = closing.changed() => {}
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(after: i64, through: i64) -> Batch {
+        Batch {
+            after,
+            through,
+            rows: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_first_subscriber_sets_an_idle_readers_position() {
+        let hub = Hub::default();
+        let (rx, at) = hub.subscribe(40);
+        assert_eq!(at, 40);
+        // Later subscribers take the reader where it stands.
+        let (_rx2, at) = hub.subscribe(10);
+        assert_eq!(at, 40);
+        drop(rx);
+        drop(_rx2);
+        assert_eq!(hub.subscribe(7).1, 7);
+    }
+
+    #[test]
+    fn a_read_from_a_stale_position_is_dropped() {
+        let hub = Hub::default();
+        let (mut rx, _) = hub.subscribe(5);
+        assert!(!hub.publish(3, batch(3, 9)), "the position is 5, not 3");
+        assert!(hub.publish(5, batch(5, 9)));
+        assert_eq!(hub.position(), 9);
+        match rx.try_recv() {
+            Ok(Msg::Batch(b)) => assert_eq!((b.after, b.through), (5, 9)),
+            other => panic!("{other:?}"),
+        }
+        // Nothing new: the position stays and nothing is sent.
+        assert!(hub.publish(9, batch(9, 9)));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn subscribers_get_every_batch_after_their_position() {
+        let hub = Hub::default();
+        let (_first, _) = hub.subscribe(0);
+        assert!(hub.publish(0, batch(0, 4)));
+        let (mut rx, at) = hub.subscribe(2);
+        assert_eq!(at, 4, "covered up to 2, so 3..=4 come from the table");
+        assert!(hub.publish(4, batch(4, 6)));
+        match rx.try_recv() {
+            Ok(Msg::Batch(b)) => assert_eq!(b.after, at),
+            other => panic!("{other:?}"),
         }
     }
 }
