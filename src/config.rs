@@ -112,6 +112,11 @@ pub struct FeedConfig {
     /// How often streams and webhook deliveries look for changes committed on other replicas
     /// (changes committed on this replica wake them at once).
     pub poll_interval_ms: u64,
+    /// Open WatchChanges streams one caller may hold (counted by acting user, else service
+    /// key, else peer address); more are `RESOURCE_EXHAUSTED` / `TOO_MANY_STREAMS`.
+    pub max_streams_per_caller: usize,
+    /// Open WatchChanges streams one server holds in total.
+    pub max_streams: usize,
     /// Timeout of one webhook POST.
     pub webhook_timeout_ms: u64,
     /// The longest wait between retries of a failing webhook endpoint.
@@ -126,6 +131,8 @@ impl Default for FeedConfig {
             retention_secs: 7 * 24 * 3600,
             buffer: 256,
             poll_interval_ms: 200,
+            max_streams_per_caller: 16,
+            max_streams: 10_000,
             webhook_timeout_ms: 10_000,
             webhook_max_backoff_ms: 300_000,
             webhooks: Vec::new(),
@@ -160,6 +167,15 @@ impl FeedConfig {
         }
         if !(10..=60_000).contains(&self.poll_interval_ms) {
             return range("feed.poll_interval_ms", "must be 10 to 60000");
+        }
+        if !(1..=1_000_000).contains(&self.max_streams) {
+            return range("feed.max_streams", "must be 1 to 1000000");
+        }
+        if !(1..=self.max_streams).contains(&self.max_streams_per_caller) {
+            return range(
+                "feed.max_streams_per_caller",
+                "must be 1 to feed.max_streams",
+            );
         }
         if !(100..=240_000).contains(&self.webhook_timeout_ms) {
             return range("feed.webhook_timeout_ms", "must be 100 to 240000");

@@ -292,6 +292,7 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
     let mut background = vec![
         tokio::spawn(outbox.clone().run()),
         tokio::spawn(feed.clone().run_pruner(app.clone())),
+        tokio::spawn(feed.clone().run_reader()),
         tokio::spawn(watch_database(
             store.clone(),
             health.clone(),

@@ -545,6 +545,12 @@ impl TeamService for TeamApi {
         request: Request<pb::WatchChangesRequest>,
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
         let ctx = ctx(&request)?;
+        let actor = ctx.actor.map(|a| a.to_string());
+        let caller = crate::feed::limits::caller_key(
+            actor.as_deref(),
+            ctx.key_name.as_deref(),
+            request.remote_addr().map(|a| a.ip()),
+        );
         let feed = request
             .extensions()
             .get::<crate::feed::FeedHandle>()
@@ -580,7 +586,9 @@ impl TeamService for TeamApi {
                 )
             })?),
         };
-        let stream = feed.watch(self.app.clone(), ctx, org, after).await?;
+        let stream = feed
+            .watch(self.app.clone(), ctx, &caller, org, after)
+            .await?;
         Ok(Response::new(Box::pin(stream) as ChangeStream))
     }
 }

@@ -2,9 +2,15 @@
 //! `changes` table (see `store::changes`), so every replica serves the same feed and a
 //! consumer resumes after its last cursor across restarts.
 //!
-//! Streams poll the table every `feed.poll_interval_ms`; a change committed through this
-//! replica wakes them at once (the [`WakeLayer`] notifies after each mutating call returns).
+//! One shared reader per replica (`hub`) reads the table after every change committed through
+//! this replica (the [`WakeLayer`] notifies after each mutating call returns) and every
+//! `feed.poll_interval_ms`, and fans the changes out to the open streams in memory, so the
+//! database load does not grow with the number of streams. Streams are capped per caller and
+//! per server (`limits`).
 
+pub mod access;
+pub mod hub;
+pub mod limits;
 pub mod stream;
 pub mod webhook;
 
@@ -112,6 +118,10 @@ pub struct Stats {
     high_water: AtomicUsize,
     produced: AtomicU64,
     emitted: AtomicU64,
+    shared_reads: AtomicU64,
+    catch_up_reads: AtomicU64,
+    reauthorized: AtomicU64,
+    lagged: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +136,15 @@ pub struct StatsSnapshot {
     pub produced: u64,
     /// Events handed to the transport, in total.
     pub emitted: u64,
+    /// Reads of the `changes` table by the shared reader (one per wake-up, whatever the
+    /// number of streams).
+    pub shared_reads: u64,
+    /// Reads of the `changes` table by single streams catching up from an older position.
+    pub catch_up_reads: u64,
+    /// Times a stream re-authorized its actor because of a change that might revoke access.
+    pub reauthorized: u64,
+    /// Times a stream fell too far behind the shared reader and went back to the table.
+    pub lagged: u64,
 }
 
 /// The change feed of one server.
@@ -140,6 +159,8 @@ pub struct Feed {
     /// No service keys configured: every caller is trusted (loopback only).
     open: bool,
     stats: Arc<Stats>,
+    hub: Arc<hub::Hub>,
+    slots: Arc<limits::Slots>,
 }
 
 impl Feed {
@@ -164,6 +185,8 @@ impl Feed {
                 .collect(),
             open: auth.keys.is_empty(),
             stats: Arc::new(Stats::default()),
+            hub: Arc::new(hub::Hub::default()),
+            slots: limits::Slots::new(config.max_streams_per_caller, config.max_streams),
         })
     }
 
@@ -199,6 +222,10 @@ impl Feed {
             high_water: self.stats.high_water.load(Ordering::Relaxed),
             produced: self.stats.produced.load(Ordering::Relaxed),
             emitted: self.stats.emitted.load(Ordering::Relaxed),
+            shared_reads: self.stats.shared_reads.load(Ordering::Relaxed),
+            catch_up_reads: self.stats.catch_up_reads.load(Ordering::Relaxed),
+            reauthorized: self.stats.reauthorized.load(Ordering::Relaxed),
+            lagged: self.stats.lagged.load(Ordering::Relaxed),
         }
     }
 

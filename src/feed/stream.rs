@@ -1,5 +1,10 @@
-//! One WatchChanges stream: a task reads the feed in pages into a bounded channel, only when
-//! the channel has room, so a consumer that stops reading makes the server stop reading too.
+//! One WatchChanges stream: a task that feeds a bounded channel, only when the channel has
+//! room, so a consumer that stops reading makes the server stop reading for it too.
+//!
+//! A stream starting behind the shared reader (an old cursor) first reads the table on its
+//! own, in pages, until it has caught up; then it subscribes to the reader and takes its
+//! batches, skipping what it already sent. Which rows it already sent is one number,
+//! `covered`: every change with `seq <= covered` was either sent or is of another org.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -7,18 +12,20 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use futures::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc, watch};
 use tonic::{Code, Status};
 
-use super::{After, Feed, Stats};
+use super::hub::{Batch, Msg};
+use super::limits::Slot;
+use super::{After, Feed, Stats, access};
 use crate::api::error::with_reason;
 use crate::app::{App, RequestCtx};
 use crate::domain::DomainError;
 use crate::domain::ids::OrgId;
 use crate::proto::teamgate::v1 as pb;
-use crate::store::changes;
+use crate::store::changes::{self, ChangeRow};
 
-/// The most changes read from the database at once.
+/// The most changes a catching-up stream reads from the database at once.
 const PAGE: usize = 100;
 
 type Item = Result<pb::ChangeEvent, Status>;
@@ -27,6 +34,8 @@ type Item = Result<pb::ChangeEvent, Status>;
 pub struct FeedStream {
     rx: mpsc::Receiver<Item>,
     stats: Arc<Stats>,
+    /// The stream's place under the caps, given back when the transport drops the stream.
+    _slot: Slot,
 }
 
 impl Stream for FeedStream {
@@ -67,16 +76,36 @@ fn out_of_range(after: i64, pruned_through: i64) -> Status {
     )
 }
 
+fn unreadable() -> Status {
+    with_reason(
+        Code::Unavailable,
+        "DATABASE_UNAVAILABLE",
+        "the change feed could not be read: reconnect with your last cursor",
+    )
+}
+
+fn shutting_down() -> Status {
+    with_reason(
+        Code::Unavailable,
+        "SHUTTING_DOWN",
+        "this server is shutting down: reconnect with your last cursor",
+    )
+}
+
 impl Feed {
     /// Opens a stream of changes after `after`, of one org (the actor needs `members.view`
-    /// in it) or of all orgs (needs an admin service key, or no keys configured).
+    /// in it) or of all orgs (needs an admin service key, or no keys configured). `caller`
+    /// is who the stream counts against under `feed.max_streams_per_caller`.
     pub async fn watch(
         self: &Arc<Self>,
         app: Arc<App>,
         ctx: RequestCtx,
+        caller: &str,
         org: Option<OrgId>,
         after: After,
     ) -> Result<FeedStream, Status> {
+        // Before any database work, so refused streams cost nothing.
+        let slot = self.slots.acquire(caller)?;
         match &org {
             Some(org) => {
                 app.get_org(&ctx, org).await?;
@@ -127,125 +156,227 @@ impl Feed {
         let stream = FeedStream {
             rx,
             stats: self.stats.clone(),
+            _slot: slot,
         };
-        tokio::spawn(produce(
-            self.clone(),
+        // Org streams re-check their actor; an all-org stream is the key's, not an actor's.
+        let actor = match (&org, ctx.actor) {
+            (Some(_), Some(a)) => Some(access::user_target(&a.to_string())),
+            _ => None,
+        };
+        let producer = Producer {
+            closing: self.closing(),
+            feed: self.clone(),
             app,
             ctx,
-            org.map(|o| o.to_string()),
-            start,
+            org: org.map(|o| o.to_string()),
+            actor,
+            covered: start,
             tx,
-        ));
+        };
+        tokio::spawn(producer.run());
         Ok(stream)
     }
 }
 
-/// Sends an item with a reserved slot, keeping the buffer counters right.
-fn send(
-    stats: &Stats,
-    buffer: usize,
-    tx: &mpsc::Sender<Item>,
-    permit: mpsc::Permit<'_, Item>,
-    item: Item,
-) {
-    permit.send(item);
-    stats.buffered.fetch_add(1, Ordering::Relaxed);
-    stats.produced.fetch_add(1, Ordering::Relaxed);
-    let held = buffer.saturating_sub(tx.capacity());
-    stats.high_water.fetch_max(held, Ordering::Relaxed);
+/// Why following the shared reader stopped.
+enum Stop {
+    /// End the stream with this status (or quietly, with `None`: the consumer left).
+    End(Option<Status>),
+    /// Go back to the table: the stream lagged or a batch does not join up with `covered`.
+    Reread,
 }
 
-async fn produce(
+struct Producer {
     feed: Arc<Feed>,
     app: Arc<App>,
     ctx: RequestCtx,
+    /// The watched org; `None` for every org.
     org: Option<String>,
-    mut position: i64,
+    /// The actor as a change target (`user:…`), for org streams that re-authorize.
+    actor: Option<String>,
+    covered: i64,
     tx: mpsc::Sender<Item>,
-) {
-    let buffer = feed.settings.buffer;
-    let stats = feed.stats.clone();
-    let mut closing = feed.closing();
-    loop {
-        if *closing.borrow() {
-            if let Ok(permit) = tx.try_reserve() {
-                let status = with_reason(
-                    Code::Unavailable,
-                    "SHUTTING_DOWN",
-                    "this server is shutting down: reconnect with your last cursor",
-                );
-                send(&stats, buffer, &tx, permit, Err(status));
+    closing: watch::Receiver<bool>,
+}
+
+impl Producer {
+    async fn run(mut self) {
+        let hub = self.feed.hub.clone();
+        // Behind the reader: read the table before subscribing, or the subscription would
+        // only fill up (and lag) while the table is read.
+        let mut behind = hub.position() > self.covered;
+        let mut live: Option<(broadcast::Receiver<Msg>, i64)> = None;
+        loop {
+            if *self.closing.borrow() {
+                self.last_word(shutting_down());
+                return;
             }
-            return;
+            if live.is_none() && !behind {
+                live = Some(hub.subscribe(self.covered));
+            }
+            let step = match live.take() {
+                // Everything up to the reader's position at subscription is sent, and the
+                // rest is on the receiver: follow it.
+                Some((mut rx, at)) if self.covered >= at => {
+                    behind = true;
+                    Err(self.follow(&mut rx).await)
+                }
+                waiting => {
+                    live = waiting;
+                    self.catch_up().await.map(|full| behind = full)
+                }
+            };
+            match step {
+                Ok(()) | Err(Stop::Reread) => {}
+                Err(Stop::End(status)) => {
+                    if let Some(status) = status {
+                        self.last_word(status);
+                    }
+                    return;
+                }
+            }
         }
-        // Read only when there is room: a consumer that is not reading holds the producer here.
+    }
+
+    /// Sends a final status if there is room; a consumer that is not reading will not see it,
+    /// but its stream ends all the same.
+    fn last_word(&self, status: Status) {
+        if let Ok(permit) = self.tx.try_reserve() {
+            self.send(permit, Err(status));
+        }
+    }
+
+    fn send(&self, permit: mpsc::Permit<'_, Item>, item: Item) {
+        let stats = &self.feed.stats;
+        permit.send(item);
+        stats.buffered.fetch_add(1, Ordering::Relaxed);
+        stats.produced.fetch_add(1, Ordering::Relaxed);
+        let held = self.feed.settings.buffer.saturating_sub(self.tx.capacity());
+        stats.high_water.fetch_max(held, Ordering::Relaxed);
+    }
+
+    fn wanted(&self, row: &ChangeRow) -> bool {
+        row.seq > self.covered && self.org.as_deref().is_none_or(|o| o == row.org_id)
+    }
+
+    /// Re-authorizes the actor if one of `rows` may have taken their access away.
+    async fn still_allowed(&self, rows: &[&ChangeRow]) -> Result<(), Stop> {
+        let (Some(org), Some(actor)) = (&self.org, &self.actor) else {
+            return Ok(());
+        };
+        if !rows.iter().any(|r| access::may_affect(r, actor)) {
+            return Ok(());
+        }
+        self.feed.stats.reauthorized.fetch_add(1, Ordering::Relaxed);
+        match self
+            .app
+            .authorize(self.app.store.conn(), &self.ctx, org, "members.view")
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(Stop::End(Some(e.into()))),
+        }
+    }
+
+    /// After delivering an org's deletion there is nothing more to watch: reconnecting would
+    /// answer ORG_NOT_FOUND, so the stream says so now.
+    fn org_deleted(&self, rows: &[&ChangeRow]) -> Result<(), Stop> {
+        match &self.org {
+            Some(org) if rows.iter().any(|r| access::deletes_org(r)) => Err(Stop::End(Some(
+                crate::app::AppError::from(crate::app::org_not_found(org)).into(),
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads one page of the table after `covered` into the room the consumer has; `true`
+    /// when the page was full (more may be waiting).
+    async fn catch_up(&mut self) -> Result<bool, Stop> {
+        let tx = self.tx.clone();
         let permits = tokio::select! {
             p = tx.reserve_many(tx.capacity().clamp(1, PAGE)) => p,
-            _ = closing.changed() => continue,
+            _ = self.closing.changed() => return Ok(false),
         };
         let Ok(permits) = permits else {
-            return; // the consumer went away
+            return Err(Stop::End(None)); // the consumer went away
         };
-        let room = permits.len();
-        let notified = feed.wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let limit = u64::try_from(room).unwrap_or(1);
-        let page = match changes::page(&feed.store, position, org.as_deref(), limit).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the change feed failed; ending the stream");
-                let status = with_reason(
-                    Code::Unavailable,
-                    "DATABASE_UNAVAILABLE",
-                    "the change feed could not be read: reconnect with your last cursor",
-                );
-                if let Some(p) = permits.into_iter().next() {
-                    send(&stats, buffer, &tx, p, Err(status));
+        let limit = u64::try_from(permits.len()).unwrap_or(1);
+        self.feed
+            .stats
+            .catch_up_reads
+            .fetch_add(1, Ordering::Relaxed);
+        let page =
+            match changes::page(&self.feed.store, self.covered, self.org.as_deref(), limit).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the change feed failed; ending the stream");
+                    return Err(Stop::End(Some(unreadable())));
                 }
-                return;
-            }
-        };
-        if page.pruned_past(position) {
-            if let Some(p) = permits.into_iter().next() {
-                send(
-                    &stats,
-                    buffer,
-                    &tx,
-                    p,
-                    Err(out_of_range(position, page.extent.pruned_through)),
-                );
-            }
-            return;
+            };
+        if page.pruned_past(self.covered) {
+            return Err(Stop::End(Some(out_of_range(
+                self.covered,
+                page.extent.pruned_through,
+            ))));
         }
-        if !page.rows.is_empty()
-            && let Some(org) = &org
-        {
-            // Membership can change while a stream is open: check before every delivery.
-            if let Err(e) = app
-                .authorize(app.store.conn(), &ctx, org, "members.view")
-                .await
-            {
-                if let Some(p) = permits.into_iter().next() {
-                    send(&stats, buffer, &tx, p, Err(e.into()));
-                }
-                return;
-            }
-        }
-        let next = page.next_position(position, limit);
-        let got = page.rows.len();
+        let rows: Vec<&ChangeRow> = page.rows.iter().collect();
+        self.still_allowed(&rows).await?;
+        let next = page.next_position(self.covered, limit);
         for (row, permit) in page.rows.iter().zip(permits) {
-            send(&stats, buffer, &tx, permit, Ok(super::event(row)));
+            self.send(permit, Ok(super::event(row)));
         }
-        position = next;
-        if got > 0 {
-            continue;
+        self.covered = std::cmp::max(self.covered, next);
+        self.org_deleted(&rows)?;
+        Ok(page.rows.len() as u64 >= limit)
+    }
+
+    /// Takes the shared reader's batches until the stream ends or has to re-read the table.
+    async fn follow(&mut self, rx: &mut broadcast::Receiver<Msg>) -> Stop {
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                _ = self.closing.changed() => return Stop::Reread,
+                _ = self.tx.closed() => return Stop::End(None),
+            };
+            match msg {
+                Ok(Msg::Batch(batch)) => {
+                    if let Err(stop) = self.apply(&batch).await {
+                        return stop;
+                    }
+                }
+                Ok(Msg::Failed) => return Stop::End(Some(unreadable())),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.feed.stats.lagged.fetch_add(1, Ordering::Relaxed);
+                    return Stop::Reread;
+                }
+                // The reader stopped: the server is shutting down.
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Stop::End(Some(shutting_down()));
+                }
+            }
         }
-        tokio::select! {
-            _ = &mut notified => {}
-            _ = tokio::time::sleep(feed.settings.poll_interval) => {}
-            _ = closing.changed() => {}
-            _ = tx.closed() => return,
+    }
+
+    async fn apply(&mut self, batch: &Batch) -> Result<(), Stop> {
+        if batch.after > self.covered {
+            // Changes between `covered` and the batch were published before this stream
+            // listened, or skipped as pruned: the table has the truth.
+            return Err(Stop::Reread);
         }
+        let rows: Vec<&ChangeRow> = batch.rows.iter().filter(|r| self.wanted(r)).collect();
+        self.still_allowed(&rows).await?;
+        for row in &rows {
+            let permit = tokio::select! {
+                p = self.tx.reserve() => p,
+                _ = self.closing.changed() => return Err(Stop::Reread),
+            };
+            let Ok(permit) = permit else {
+                return Err(Stop::End(None));
+            };
+            self.send(permit, Ok(super::event(row)));
+            self.covered = row.seq;
+        }
+        self.covered = std::cmp::max(self.covered, batch.through);
+        self.org_deleted(&rows)
     }
 }

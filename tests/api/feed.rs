@@ -9,6 +9,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use teamgate::config::{FeedWebhookConfig, Secret};
 use teamgate::proto::teamgate::v1 as pb;
+use teamgate::proto::teamgate::v1::identity_service_client::IdentityServiceClient;
 use teamgate::proto::teamgate::v1::team_service_client::TeamServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
@@ -27,6 +28,13 @@ on_both_backends!(
     watching_needs_permission,
     webhook_is_signed_and_retried,
     slow_consumer_is_bounded,
+    streams_are_capped_per_caller_and_per_server,
+    many_streams_share_one_reader,
+    old_cursor_catches_up_while_writes_arrive,
+    removed_actor_stream_ends,
+    actor_losing_members_view_stream_ends,
+    disabled_actor_stream_ends,
+    deleted_org_stream_ends_after_the_deletion,
 );
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -665,5 +673,369 @@ async fn slow_consumer_is_bounded(backend: Backend) {
     drop(slow);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(feed.stats().buffered, 0);
+    s.stop().await;
+}
+
+/// Opens a stream, or returns why it was refused.
+async fn try_watch(
+    team: &TeamServiceClient<Channel>,
+    actor: &str,
+    org: &str,
+) -> Result<Streaming<pb::ChangeEvent>, tonic::Status> {
+    team.clone()
+        .watch_changes(as_actor(
+            actor,
+            pb::WatchChangesRequest {
+                org_id: org.into(),
+                after: String::new(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Reads past any events until the stream fails; returns the failure.
+async fn ends_with(stream: &mut Streaming<pb::ChangeEvent>) -> tonic::Status {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends")
+}
+
+async fn streams_are_capped_per_caller_and_per_server(backend: Backend) {
+    let s = TestServer::spawn_with(backend, |c| {
+        c.feed.max_streams_per_caller = 2;
+        c.feed.max_streams = 3;
+    })
+    .await;
+    let (org, owner) = s.org("Acme", "free").await;
+    let member = s.member(&org, &owner, "member").await;
+    let first = watch(&s.team, &owner, &org, "").await;
+    let _second = watch(&s.team, &owner, &org, "").await;
+    let status = try_watch(&s.team, &owner, &org).await.unwrap_err();
+    assert_error(&status, Code::ResourceExhausted, "TOO_MANY_STREAMS");
+    assert!(status.message().contains("per caller"), "{status:?}");
+
+    // Another caller has slots of its own, until the server is full.
+    let _third = watch(&s.team, &member, &org, "").await;
+    let status = try_watch(&s.team, &member, &org).await.unwrap_err();
+    assert_error(&status, Code::ResourceExhausted, "TOO_MANY_STREAMS");
+    assert!(status.message().contains("this server"), "{status:?}");
+
+    // Refused opens took nothing; closing a stream frees its slot (once the server sees the
+    // stream reset).
+    drop(first);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut again = loop {
+        match try_watch(&s.team, &owner, &org).await {
+            Ok(stream) => break stream,
+            Err(status) => {
+                assert_error(&status, Code::ResourceExhausted, "TOO_MANY_STREAMS");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the slot was not freed"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let feed = s.running.as_ref().unwrap().feed.clone();
+    assert_eq!(feed.stats().streams, 3);
+    rename(&s.team, &org, &owner, "Acme 2").await;
+    assert_eq!(
+        next_n(&mut again, 1).await[0].action,
+        "organization.updated"
+    );
+    s.stop().await;
+}
+
+/// Reads `n` events from each stream, all at once.
+async fn drain_all(
+    streams: &mut [Streaming<pb::ChangeEvent>],
+    n: usize,
+) -> Vec<Vec<pb::ChangeEvent>> {
+    futures::future::join_all(streams.iter_mut().map(|st| next_n(st, n))).await
+}
+
+async fn many_streams_share_one_reader(backend: Backend) {
+    // Polling is slowed right down, so the reads counted are the ones the writes cause.
+    let s = TestServer::spawn_with(backend, |c| {
+        c.feed.poll_interval_ms = 60_000;
+        c.feed.max_streams_per_caller = 500;
+    })
+    .await;
+    let (org, owner) = s.org("Acme", "business").await;
+    let feed = s.running.as_ref().unwrap().feed.clone();
+    let writes = 10;
+    let invite = |i: usize| {
+        let team = s.team.clone();
+        let (org, owner) = (org.clone(), owner.clone());
+        async move {
+            team.clone()
+                .invite_member(as_actor(
+                    &owner,
+                    pb::InviteMemberRequest {
+                        org_id: org,
+                        email: format!("i{i}-{}@example.com", uuid::Uuid::now_v7().simple()),
+                        first_name: "Ivy".into(),
+                        last_name: "Invitee".into(),
+                        role: "member".into(),
+                    },
+                ))
+                .await
+                .expect("invited");
+        }
+    };
+    let reads = |st: teamgate::feed::StatsSnapshot| st.shared_reads + st.catch_up_reads;
+
+    // Several connections, like several clients.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let channel = tonic::transport::Endpoint::from_shared(format!(
+            "http://{}",
+            s.running.as_ref().unwrap().addr
+        ))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+        clients.push(TeamServiceClient::new(channel));
+    }
+    let mut streams = vec![watch(&s.team, &owner, &org, "").await];
+    invite(0).await;
+    drain_all(&mut streams, 1).await;
+    let before = feed.stats();
+    for i in 0..writes {
+        invite(1 + i).await;
+    }
+    let one = drain_all(&mut streams, writes).await;
+    let with_one = feed.stats();
+
+    for i in 1..200 {
+        streams.push(watch(&clients[i % clients.len()], &owner, &org, "").await);
+    }
+    // Every stream is live once it has seen a change made after it opened.
+    invite(100).await;
+    drain_all(&mut streams, 1).await;
+    let settled = feed.stats();
+    for i in 0..writes {
+        invite(101 + i).await;
+    }
+    let many = drain_all(&mut streams, writes).await;
+    let with_many = feed.stats();
+    eprintln!("1 stream: {before:?} -> {with_one:?}; 200 streams: {settled:?} -> {with_many:?}");
+
+    assert_eq!(with_many.streams, 200);
+    for got in &many {
+        assert_eq!(got.len(), writes);
+        assert!(got.iter().all(|e| e.action == "member.invited"));
+        assert_contiguous(got);
+        assert_eq!(got, &many[0], "every stream sees the same changes");
+    }
+    assert_contiguous(&one[0]);
+    let reads_one = reads(with_one) - reads(before);
+    let reads_many = reads(with_many) - reads(settled);
+    assert!(
+        reads_many <= reads_one + 2 && reads_many <= writes as u64 + 2,
+        "200 streams read the table {reads_many} times for {writes} changes (1 stream: {reads_one})"
+    );
+    assert_eq!(
+        with_many.catch_up_reads, settled.catch_up_reads,
+        "live streams do not read on their own"
+    );
+    assert_eq!(
+        with_many.reauthorized, settled.reauthorized,
+        "invitations cannot revoke the watcher's access, so nobody re-authorizes"
+    );
+    drop(streams);
+    s.stop().await;
+}
+
+async fn old_cursor_catches_up_while_writes_arrive(backend: Backend) {
+    // A small buffer, so catching up takes many pages and overlaps the writes below.
+    let s = TestServer::spawn_with(backend, |c| c.feed.buffer = 16).await;
+    let (org, owner) = s.org("Acme", "business").await;
+    let mut live = watch(&s.team, &owner, &org, "").await;
+    let backlog = 250;
+    for i in 0..backlog {
+        rename(&s.team, &org, &owner, &format!("Acme {i}")).await;
+    }
+    let first = next_n(&mut live, 1).await;
+    let feed = s.running.as_ref().unwrap().feed.clone();
+    let catch_up_before = feed.stats().catch_up_reads;
+
+    // Writers keep going while a stream starts from the first cursor.
+    let more = 200;
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let team = s.team.clone();
+            let (org, owner) = (org.clone(), owner.clone());
+            tokio::spawn(async move {
+                for i in 0..more / 4 {
+                    rename(&team, &org, &owner, &format!("W{t} {i}")).await;
+                }
+            })
+        })
+        .collect();
+    let mut resumed = watch(&s.team, &owner, &org, &first[0].cursor).await;
+    let total = backlog - 1 + more;
+    let caught = next_n(&mut resumed, total).await;
+    for w in writers {
+        w.await.unwrap();
+    }
+    let all_live = next_n(&mut live, total).await;
+    assert_contiguous(&caught);
+    assert_eq!(seq(&caught[0].cursor), seq(&first[0].cursor) + 1);
+    assert_eq!(
+        caught, all_live,
+        "the resumed stream sees exactly what a live one saw"
+    );
+    assert!(
+        feed.stats().catch_up_reads > catch_up_before,
+        "the old cursor was served from the table first: {:?}",
+        feed.stats()
+    );
+    // And it is live now: the next change arrives as the very next event.
+    rename(&s.team, &org, &owner, "Acme last").await;
+    let last = next_n(&mut resumed, 1).await;
+    assert_eq!(seq(&last[0].cursor), seq(&caught[total - 1].cursor) + 1);
+    s.stop().await;
+}
+
+async fn removed_actor_stream_ends(backend: Backend) {
+    let s = TestServer::spawn(backend).await;
+    let (org, owner) = s.org("Acme", "free").await;
+    let member = s.member(&org, &owner, "member").await;
+    let bystander = s.member(&org, &owner, "member").await;
+    let mut theirs = watch(&s.team, &member, &org, "").await;
+    let mut owners = watch(&s.team, &owner, &org, "").await;
+    rename(&s.team, &org, &owner, "Acme 2").await;
+    assert_eq!(
+        next_n(&mut theirs, 1).await[0].action,
+        "organization.updated"
+    );
+    // Someone else's removal leaves the stream alone.
+    s.team
+        .clone()
+        .remove_member(as_actor(
+            &owner,
+            pb::RemoveMemberRequest {
+                org_id: org.clone(),
+                user_id: bystander.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_n(&mut theirs, 1).await[0].action, "member.removed");
+    s.team
+        .clone()
+        .remove_member(as_actor(
+            &owner,
+            pb::RemoveMemberRequest {
+                org_id: org.clone(),
+                user_id: member.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    let status = ends_with(&mut theirs).await;
+    assert_error(&status, Code::PermissionDenied, "NOT_A_MEMBER");
+    // The owner's stream carries on and saw both removals.
+    let seen = next_n(&mut owners, 3).await;
+    assert_eq!(seen[2].target, format!("user:{member}"));
+    s.stop().await;
+}
+
+async fn actor_losing_members_view_stream_ends(backend: Backend) {
+    let s = TestServer::spawn(backend).await;
+    let (org, owner) = s.org("Acme", "free").await;
+    s.team
+        .clone()
+        .create_role(as_actor(
+            &owner,
+            pb::CreateRoleRequest {
+                org_id: org.clone(),
+                key: "viewer".into(),
+                display_name: "Viewer".into(),
+                permissions: vec!["members.view".into(), "reports.view".into()],
+            },
+        ))
+        .await
+        .unwrap();
+    let viewer = s.member(&org, &owner, "viewer").await;
+    let mut stream = watch(&s.team, &viewer, &org, "").await;
+    rename(&s.team, &org, &owner, "Acme 2").await;
+    assert_eq!(
+        next_n(&mut stream, 1).await[0].action,
+        "organization.updated"
+    );
+    // The role itself changes: the viewer is not the target, but loses members.view.
+    s.team
+        .clone()
+        .update_role(as_actor(
+            &owner,
+            pb::UpdateRoleRequest {
+                org_id: org.clone(),
+                key: "viewer".into(),
+                display_name: None,
+                permissions: vec!["reports.view".into()],
+            },
+        ))
+        .await
+        .unwrap();
+    let status = ends_with(&mut stream).await;
+    assert_error(&status, Code::PermissionDenied, "MISSING_PERMISSION");
+    assert!(status.message().contains("members.view"), "{status:?}");
+    s.stop().await;
+}
+
+/// Needs `App::authorize` to check the account's status (USER_DISABLED).
+async fn disabled_actor_stream_ends(backend: Backend) {
+    let s = TestServer::spawn(backend).await;
+    let (org, owner) = s.org("Acme", "free").await;
+    let member = s.member(&org, &owner, "member").await;
+    let mut stream = watch(&s.team, &member, &org, "").await;
+    IdentityServiceClient::new(s.channel.clone())
+        .set_user_status(as_actor(
+            &owner,
+            pb::SetUserStatusRequest {
+                user_id: member.clone(),
+                status: pb::UserStatus::Disabled.into(),
+            },
+        ))
+        .await
+        .expect("the owner disables the member");
+    let status = ends_with(&mut stream).await;
+    assert_error(&status, Code::PermissionDenied, "USER_DISABLED");
+    s.stop().await;
+}
+
+async fn deleted_org_stream_ends_after_the_deletion(backend: Backend) {
+    let s = TestServer::spawn(backend).await;
+    let (org, owner) = s.org("Acme", "free").await;
+    let mut stream = watch(&s.team, &owner, &org, "").await;
+    s.team
+        .clone()
+        .delete_organization(as_actor(
+            &owner,
+            pb::DeleteOrganizationRequest {
+                org_id: org.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_n(&mut stream, 1).await[0].action,
+        "organization.deleted"
+    );
+    let status = ends_with(&mut stream).await;
+    assert_error(&status, Code::NotFound, "ORG_NOT_FOUND");
     s.stop().await;
 }
