@@ -3,7 +3,26 @@
 
 use std::{env, fs, path::PathBuf};
 
+/// Test suites that need a backend are compiled as ignored (with the reason) unless its URL
+/// is set, so a bare `cargo test` reports them as ignored rather than passed.
+fn backend_cfgs() {
+    println!("cargo::rustc-check-cfg=cfg(teamgate_test_pg)");
+    println!("cargo::rustc-check-cfg=cfg(teamgate_test_redis)");
+    println!("cargo::rustc-check-cfg=cfg(teamgate_test_smtp)");
+    for (var, cfg) in [
+        ("TEAMGATE_TEST_DATABASE_URL", "teamgate_test_pg"),
+        ("TEAMGATE_TEST_REDIS_URL", "teamgate_test_redis"),
+        ("TEAMGATE_TEST_SMTP", "teamgate_test_smtp"),
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
+        if env::var(var).is_ok_and(|v| !v.is_empty()) {
+            println!("cargo:rustc-cfg={cfg}");
+        }
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    backend_cfgs();
     println!("cargo:rerun-if-changed=proto");
     let files = [
         "proto/teamgate/v1/common.proto",

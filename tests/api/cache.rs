@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use teamgate::proto::teamgate::v1 as pb;
 
 use crate::helpers::{Backend, TestServer, as_actor, redis_url, use_redis};
-use crate::on_both_backends;
+use crate::on_both_backends_with_redis;
 
-on_both_backends!(
+on_both_backends_with_redis!(
     replicas_share_invalidations,
     redis_outage_never_gives_a_wrong_answer
 );
@@ -37,7 +37,7 @@ async fn wait_until(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> boo
 }
 
 async fn replicas_share_invalidations(b: Backend) {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     let a = TestServer::spawn_with(b, |c| use_redis(c, &url)).await;
     let replica = a.replica().await;
     wait_until(
@@ -363,9 +363,7 @@ async fn role_flipper(
 /// Redis killed and restarted (same port) while several tasks check on two replicas and
 /// others change roles: no wrong answer, no error, and Redis is used again afterwards.
 async fn redis_outage_never_gives_a_wrong_answer(b: Backend) {
-    if redis_url().is_none() {
-        return;
-    }
+    redis_url();
     let mut redis = OwnRedis::start();
     let url = redis.url();
     let a = TestServer::spawn_with(b, |c| use_redis(c, &url)).await;

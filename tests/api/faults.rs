@@ -18,7 +18,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::helpers::{Backend, REQUIRE_ENV, TestServer, as_actor};
+use crate::helpers::{Backend, TestServer, as_actor};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -68,15 +68,10 @@ impl OwnPostgres {
     }
 
     fn start() -> Option<OwnPostgres> {
-        let Some(bin) = Self::bin_dir() else {
-            if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
-                panic!("PostgreSQL server binaries are not installed but {REQUIRE_ENV}=1");
-            }
-            eprintln!(
-                "\n!!!!!!!! SKIPPED: PostgreSQL fault tests — PostgreSQL server binaries not found !!!!!!!!\n"
-            );
-            return None;
-        };
+        // The fault tests are ignored unless the PostgreSQL suite was asked for; one that
+        // runs without the server binaries fails.
+        let bin =
+            Self::bin_dir().expect("PostgreSQL server binaries (initdb, pg_ctl) are installed");
         let dir = std::env::temp_dir().join(format!("tg-pg-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         if unsafe_is_root() {
@@ -555,11 +550,19 @@ async fn postgres_outage_under_load(mode: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(teamgate_test_pg),
+    ignore = "PostgreSQL fault test: set TEAMGATE_TEST_DATABASE_URL to run the PostgreSQL suites"
+)]
 async fn postgres_fast_shutdown_under_load() {
     postgres_outage_under_load("fast").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(teamgate_test_pg),
+    ignore = "PostgreSQL fault test: set TEAMGATE_TEST_DATABASE_URL to run the PostgreSQL suites"
+)]
 async fn postgres_crash_under_load() {
     postgres_outage_under_load("immediate").await;
 }
@@ -780,6 +783,10 @@ async fn sigkill_mid_stream_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(teamgate_test_pg),
+    ignore = "PostgreSQL fault test: set TEAMGATE_TEST_DATABASE_URL to run the PostgreSQL suites"
+)]
 async fn sigkill_mid_stream_postgres() {
     let Some(pg) = OwnPostgres::start() else {
         return;

@@ -28,20 +28,13 @@ pub const PG_ENV: &str = "TEAMGATE_TEST_DATABASE_URL";
 pub const REQUIRE_ENV: &str = "TEAMGATE_REQUIRE_BACKENDS";
 pub const REDIS_ENV: &str = "TEAMGATE_TEST_REDIS_URL";
 
-/// The Redis to test against, or `None` (with a loud notice) when the Redis suite is skipped.
-pub fn redis_url() -> Option<String> {
-    if let Ok(url) = std::env::var(REDIS_ENV)
-        && !url.is_empty()
-    {
-        return Some(url);
+/// The Redis to test against. Redis tests are ignored at build time without
+/// `TEAMGATE_TEST_REDIS_URL` (see `on_both_backends_with_redis!`), so one that runs must have it.
+pub fn redis_url() -> String {
+    match std::env::var(REDIS_ENV) {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!("{REDIS_ENV} was set when the tests were built but is not set now"),
     }
-    if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
-        panic!("{REDIS_ENV} is not set but {REQUIRE_ENV}=1: the Redis suite must run");
-    }
-    eprintln!(
-        "\n!!!!!!!! SKIPPED: Redis suite — set {REDIS_ENV}=redis://127.0.0.1:6379 to run it !!!!!!!!\n"
-    );
-    None
 }
 
 /// Points a config at Redis with a key prefix of its own, so tests never share keys.
@@ -69,36 +62,77 @@ macro_rules! on_both_backends {
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(
+                    not(teamgate_test_pg),
+                    ignore = "PostgreSQL suite: set TEAMGATE_TEST_DATABASE_URL to run it"
+                )]
                 async fn postgres() {
-                    if $crate::helpers::backend_available($crate::helpers::Backend::Postgres) {
-                        super::$name($crate::helpers::Backend::Postgres).await
-                    }
+                    $crate::helpers::require_postgres();
+                    super::$name($crate::helpers::Backend::Postgres).await
                 }
             }
         )*
     };
 }
 
-/// Whether a backend's suite can run; prints a loud notice when it is skipped, and fails
-/// when `TEAMGATE_REQUIRE_BACKENDS` says skipping is not allowed (as in CI).
-pub fn backend_available(backend: Backend) -> bool {
-    match backend {
-        Backend::Sqlite => true,
-        Backend::Postgres => {
-            if std::env::var(PG_ENV).is_ok_and(|v| !v.is_empty()) {
-                return true;
+/// Like `on_both_backends!`, for tests that also need Redis: ignored (with the reason) unless
+/// `TEAMGATE_TEST_REDIS_URL` is set.
+#[macro_export]
+macro_rules! on_both_backends_with_redis {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(
+                    not(teamgate_test_redis),
+                    ignore = "Redis suite: set TEAMGATE_TEST_REDIS_URL to run it"
+                )]
+                async fn sqlite() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(
+                    not(all(teamgate_test_pg, teamgate_test_redis)),
+                    ignore = "PostgreSQL and Redis suite: set TEAMGATE_TEST_DATABASE_URL and TEAMGATE_TEST_REDIS_URL to run it"
+                )]
+                async fn postgres() {
+                    $crate::helpers::require_postgres();
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
             }
-            if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
-                panic!("{PG_ENV} is not set but {REQUIRE_ENV}=1: the PostgreSQL suite must run");
-            }
-            eprintln!(
-                "\n!!!!!!!! SKIPPED: PostgreSQL suite — set {PG_ENV}=postgres://postgres@127.0.0.1:5432/postgres to run it !!!!!!!!\n"
-            );
-            false
-        }
+        )*
+    };
+}
+
+/// `.ci/run` requires every suite: under `TEAMGATE_REQUIRE_BACKENDS=1` a build that would
+/// ignore one (a URL missing at build time) fails here instead of passing quietly.
+#[test]
+fn required_suites_were_built_to_run() {
+    if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
+        assert!(cfg!(teamgate_test_pg), "{PG_ENV} was not set at build time");
+        assert!(
+            cfg!(teamgate_test_redis),
+            "{REDIS_ENV} was not set at build time"
+        );
+        assert!(
+            cfg!(teamgate_test_smtp),
+            "TEAMGATE_TEST_SMTP=1 was not set at build time"
+        );
     }
 }
 
+/// A PostgreSQL test that runs must have its database: the URL was set when the suite was
+/// built (or the test would be ignored), so its absence now is a failure, not a skip.
+pub fn require_postgres() {
+    assert!(
+        std::env::var(PG_ENV).is_ok_and(|v| !v.is_empty()),
+        "{PG_ENV} was set when the tests were built but is not set now: set it, or rebuild without it"
+    );
+}
+
+/// Whether a backend's suite can run; prints a loud notice when it is skipped, and fails
+/// when `TEAMGATE_REQUIRE_BACKENDS` says skipping is not allowed (as in CI).
 /// Emails captured instead of being sent; can be told to fail the next deliveries.
 #[derive(Clone, Default)]
 pub struct RecordingSink {

@@ -31,7 +31,7 @@ const PASSWORD: &str = "correct horse battery staple";
 
 /// Cheap hashes, and invitation tokens that travel only by email, as in production: a
 /// password can be set on acceptance only then.
-fn cheap_hashing(c: &mut Config) {
+pub(crate) fn cheap_hashing(c: &mut Config) {
     c.invitations.return_token = Some(false);
     c.identity.argon2_memory_kib = 64;
     c.identity.argon2_iterations = 1;
@@ -52,12 +52,12 @@ async fn spawn_with_account_limit(backend: Backend) -> TestServer {
     .await
 }
 
-fn identity(s: &TestServer) -> IdentityServiceClient<Channel> {
+pub(crate) fn identity(s: &TestServer) -> IdentityServiceClient<Channel> {
     IdentityServiceClient::new(s.channel.clone())
 }
 
 /// Invites `email` into `org` and accepts with `password`; returns the user id.
-async fn member_with_password(
+pub(crate) async fn member_with_password(
     s: &TestServer,
     org: &str,
     owner: &str,
@@ -96,7 +96,7 @@ async fn member_with_password(
         .user_id)
 }
 
-async fn sign_in(
+pub(crate) async fn sign_in(
     s: &TestServer,
     email: &str,
     password: &str,
@@ -112,7 +112,7 @@ async fn sign_in(
         .map(|r| r.into_inner())
 }
 
-async fn jwks(s: &TestServer) -> jsonwebtoken::jwk::JwkSet {
+pub(crate) async fn jwks(s: &TestServer) -> jsonwebtoken::jwk::JwkSet {
     let raw = identity(s)
         .get_jwks(pb::GetJwksRequest {})
         .await
@@ -123,9 +123,9 @@ async fn jwks(s: &TestServer) -> jsonwebtoken::jwk::JwkSet {
 }
 
 #[derive(Debug, serde::Deserialize)]
-struct Claims {
-    iss: String,
-    aud: String,
+pub(crate) struct Claims {
+    pub iss: String,
+    pub aud: String,
     sub: String,
     email: String,
     orgs: Vec<String>,
@@ -141,7 +141,7 @@ fn verify(token: &str, set: &jsonwebtoken::jwk::JwkSet) -> Claims {
 
 /// Verifies as the README's recipe does: signature, `iss` and `aud` (expiry is the clock's
 /// business in these tests, which move a manual clock).
-fn verify_for(
+pub(crate) fn verify_for(
     token: &str,
     set: &jsonwebtoken::jwk::JwkSet,
     issuer: &str,
@@ -180,12 +180,12 @@ pub(crate) fn totp_code(secret_b32: &str, at: chrono::DateTime<chrono::Utc>) -> 
     format!("{:06}", n % 1_000_000)
 }
 
-fn now(s: &TestServer) -> chrono::DateTime<chrono::Utc> {
+pub(crate) fn now(s: &TestServer) -> chrono::DateTime<chrono::Utc> {
     use teamgate::domain::clock::Clock;
     s.clock.now()
 }
 
-async fn set_status(
+pub(crate) async fn set_status(
     s: &TestServer,
     actor: &str,
     user: &str,
@@ -969,7 +969,7 @@ async fn signing_keys_rotate_and_old_ones_stay_until_tokens_expire(backend: Back
 }
 
 /// The reset token from the newest password reset email in the outbox.
-async fn reset_token(s: &TestServer) -> String {
+pub(crate) async fn reset_token(s: &TestServer) -> String {
     let row = outbox::Entity::find()
         .filter(outbox::Column::Kind.eq("password_reset_email"))
         .order_by_desc(outbox::Column::CreatedAt)
@@ -982,7 +982,7 @@ async fn reset_token(s: &TestServer) -> String {
     payload["token"].as_str().unwrap().to_owned()
 }
 
-async fn reset_count(s: &TestServer) -> usize {
+pub(crate) async fn reset_count(s: &TestServer) -> usize {
     outbox::Entity::find()
         .filter(outbox::Column::Kind.eq("password_reset_email"))
         .all(s.app().store.conn())
@@ -991,7 +991,7 @@ async fn reset_count(s: &TestServer) -> usize {
         .len()
 }
 
-async fn request_reset(s: &TestServer, email: &str) {
+pub(crate) async fn request_reset(s: &TestServer, email: &str) {
     identity(s)
         .request_password_reset(pb::RequestPasswordResetRequest {
             email: email.into(),
@@ -1000,7 +1000,11 @@ async fn request_reset(s: &TestServer, email: &str) {
         .unwrap();
 }
 
-async fn reset(s: &TestServer, token: &str, password: &str) -> Result<(), tonic::Status> {
+pub(crate) async fn reset(
+    s: &TestServer,
+    token: &str,
+    password: &str,
+) -> Result<(), tonic::Status> {
     identity(s)
         .reset_password(pb::ResetPasswordRequest {
             token: token.into(),

@@ -24,3 +24,4 @@ mod security;
 mod server;
 mod telemetry;
 mod tenancy;
+mod trust;
