@@ -64,7 +64,7 @@ pub async fn insert<C: ConnectionTrait>(c: &C, row: UserRow) -> Result<(), Store
 /// set of its organizations happen one at a time. `None` when there is no such user.
 pub async fn lock<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<UserRow>, StoreError> {
     let res = users::Entity::update_many()
-        .col_expr(users::Column::Id, Expr::col(users::Column::Id).into())
+        .col_expr(users::Column::Id, Expr::col(users::Column::Id))
         .filter(users::Column::Id.eq(id))
         .exec(c)
         .await?;
