@@ -214,6 +214,18 @@ pub struct AuthConfig {
     pub insecure_allow_remote: bool,
 }
 
+/// What a key may call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// AuthzService and Envoy ext_authz.
+    Authz,
+    /// TeamService.
+    Team,
+    /// Everything.
+    Admin,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceKeyConfig {
@@ -222,7 +234,7 @@ pub struct ServiceKeyConfig {
     /// `sha256:<hex>` as printed by `teamgate keys hash`.
     pub hash: String,
     /// `authz`, `team` and/or `admin`.
-    pub scopes: Vec<crate::api::auth::Scope>,
+    pub scopes: Vec<Scope>,
     /// Calls per second allowed for this key; unlimited when absent.
     #[serde(default)]
     pub rate_limit_per_sec: Option<u32>,
@@ -1043,7 +1055,7 @@ mod tests {
         c.auth.keys.push(ServiceKeyConfig {
             name: "svc".into(),
             hash: format!("sha256:{}", "0".repeat(64)),
-            scopes: vec![crate::api::auth::Scope::Authz],
+            scopes: vec![Scope::Authz],
             rate_limit_per_sec: None,
             trust_client_address: false,
         });

@@ -339,7 +339,11 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
         None => None,
     };
     if server_metrics.enabled() {
-        background.push(server_metrics.watch_outbox(store.clone(), OUTBOX_POLL));
+        let outbox_store = store.clone();
+        background.push(server_metrics.watch_outbox(OUTBOX_POLL, move || {
+            let store = outbox_store.clone();
+            async move { crate::store::outbox::backlog(store.conn()).await }
+        }));
     }
     let keys = Arc::new(service_keys(config));
     if keys.is_empty() {

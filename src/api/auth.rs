@@ -18,17 +18,7 @@ use super::context::CallerKey;
 use super::error::with_reason;
 use crate::domain::token::hash_secret;
 
-/// What a key may call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// AuthzService and Envoy ext_authz.
-    Authz,
-    /// TeamService.
-    Team,
-    /// Everything.
-    Admin,
-}
+pub use crate::config::Scope;
 
 /// A configured service key, stored as the SHA-256 of the key.
 #[derive(Debug, Clone)]

@@ -14,6 +14,7 @@ use super::{AppResult, Page, PageRequest};
 use crate::cache::DecisionCache;
 use crate::domain::DomainError;
 use crate::domain::consistency::ConsistencyToken;
+pub use crate::domain::decision::{Freshness, Pair, Reason, Subject};
 use crate::domain::ids::{OrgId, UserId};
 use crate::domain::permission::{Permission, PermissionSet};
 use crate::domain::policy::Policy;
@@ -21,93 +22,12 @@ use crate::store::entities::{memberships, organizations, roles, users};
 use crate::store::{Store, decode_permissions, orgs};
 use crate::telemetry::metrics::Metrics;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Allowed,
-    NotMember,
-    MissingPermission,
-    OrgNotFound,
-    /// The user's account is disabled: every check is denied.
-    UserDisabled,
-    /// The org requires two-factor sign-in and the user has not enrolled.
-    MfaRequired,
-}
-
-/// What the check path knows about one user in one org.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Subject {
-    OrgNotFound,
-    NotMember {
-        org_version: i64,
-    },
-    Member {
-        org_version: i64,
-        role: String,
-        permissions: PermissionSet,
-    },
-    /// The user's account is disabled (whether or not they are a member).
-    UserDisabled {
-        org_version: i64,
-    },
-    /// A member of an org that requires MFA, without TOTP enrolled.
-    MfaRequired {
-        org_version: i64,
-    },
-}
-
-impl Subject {
-    pub fn decide(&self, permission: &Permission) -> Reason {
-        match self {
-            Subject::OrgNotFound => Reason::OrgNotFound,
-            Subject::NotMember { .. } => Reason::NotMember,
-            Subject::Member { permissions, .. } if permissions.contains(permission) => {
-                Reason::Allowed
-            }
-            Subject::Member { .. } => Reason::MissingPermission,
-            Subject::UserDisabled { .. } => Reason::UserDisabled,
-            Subject::MfaRequired { .. } => Reason::MfaRequired,
-        }
-    }
-
-    pub fn org_version(&self) -> Option<i64> {
-        match self {
-            Subject::OrgNotFound => None,
-            Subject::NotMember { org_version }
-            | Subject::Member { org_version, .. }
-            | Subject::UserDisabled { org_version }
-            | Subject::MfaRequired { org_version } => Some(*org_version),
-        }
-    }
-}
-
-/// How fresh an answer must be.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Freshness {
-    #[default]
-    MinimizeLatency,
-    /// At least the versions a token names (one per org; orgs it does not name are read
-    /// with minimal latency).
-    AtLeast(Arc<[ConsistencyToken]>),
-    FullyConsistent,
-}
-
-impl Freshness {
-    fn min_version(&self, org: &OrgId) -> Option<i64> {
-        match self {
-            Freshness::AtLeast(ts) => ts.iter().find(|t| t.org == *org).map(|t| t.version),
-            _ => None,
-        }
-    }
-}
-
 pub struct Decisions {
     store: Store,
     policy: Arc<Policy>,
     cache: DecisionCache,
     metrics: Metrics,
 }
-
-pub type Pair = (OrgId, UserId);
 
 impl Decisions {
     pub fn new(store: Store, policy: Arc<Policy>, cache: DecisionCache) -> Decisions {
@@ -180,7 +100,7 @@ impl Decisions {
                 let cached = self.cache.get_many(&unique).await;
                 for (pair, hit) in unique.into_iter().zip(cached) {
                     match hit {
-                        Some(s) if fresh_enough(&s, freshness.min_version(&pair.0)) => {
+                        Some(s) if s.fresh_enough(freshness.min_version(&pair.0)) => {
                             found.insert(pair, s);
                         }
                         _ => missing.push(pair),
@@ -336,7 +256,7 @@ impl Decisions {
             .map(|version| ConsistencyToken { org, version });
         let reason = subject.decide(permission);
         self.metrics.decision(reason);
-        tracing::Span::current().record("decision", crate::telemetry::metrics::reason_name(reason));
+        tracing::Span::current().record("decision", reason.as_str());
         Ok((reason, token))
     }
 
@@ -370,15 +290,6 @@ impl Decisions {
             }
         }
         Ok(Page::from_overfetch(matched, page.size, |id| id.clone()))
-    }
-}
-
-fn fresh_enough(s: &Subject, min_version: Option<i64>) -> bool {
-    match (min_version, s.org_version()) {
-        (None, _) => true,
-        (Some(min), Some(v)) => v >= min,
-        // A cached "org not found" is never fresh enough for a token naming that org.
-        (Some(_), None) => false,
     }
 }
 

@@ -22,8 +22,7 @@ use crate::store::outbox::OutboxRow;
 use crate::store::users::UserRow;
 use crate::store::{audit, members, orgs, outbox, users};
 
-/// The outbox kind of password reset emails.
-pub const PASSWORD_RESET_EMAIL: &str = "password_reset_email";
+pub use crate::store::outbox::PASSWORD_RESET_EMAIL;
 
 pub const STATUS_ACTIVE: &str = "active";
 pub const STATUS_DISABLED: &str = "disabled";

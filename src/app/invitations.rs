@@ -40,7 +40,7 @@ pub struct Acceptance {
     pub password_hash: Option<String>,
 }
 
-pub use crate::delivery::INVITATION_EMAIL;
+pub use crate::store::outbox::INVITATION_EMAIL;
 
 fn invitation_not_found() -> DomainError {
     DomainError::not_found(

@@ -20,7 +20,7 @@ use moka::future::Cache;
 use tokio::sync::mpsc;
 
 use self::redis::{Invalidation, RedisLevel, RedisSettings};
-use crate::app::authz::{Pair, Subject};
+use crate::domain::decision::{Pair, Subject};
 use crate::domain::ids::OrgId;
 
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ use redis::{AsyncCommands, Client, Script};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::app::authz::{Pair, Subject};
+use crate::domain::decision::{Pair, Subject};
 use crate::domain::permission::{Permission, PermissionSet};
 
 #[derive(Debug, Clone)]

@@ -2,8 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The outbox message kind for invitation emails.
-pub const INVITATION_EMAIL: &str = "invitation_email";
+pub use crate::store::outbox::{INVITATION_EMAIL, PASSWORD_RESET_EMAIL};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InvitationEmail {
@@ -16,9 +15,6 @@ pub struct InvitationEmail {
     pub token: String,
     pub expires_at: String,
 }
-
-/// The outbox message kind for password reset emails (written by the identity use cases).
-pub const PASSWORD_RESET_EMAIL: &str = "password_reset_email";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PasswordResetEmail {

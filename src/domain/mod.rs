@@ -2,6 +2,7 @@
 
 pub mod clock;
 pub mod consistency;
+pub mod decision;
 pub mod drift;
 pub mod email;
 pub mod error;

@@ -3,13 +3,20 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
 };
 
 use super::StoreError;
 use super::entities::outbox;
 
 pub use outbox::Model as OutboxRow;
+
+/// The outbox message kind for invitation emails.
+pub const INVITATION_EMAIL: &str = "invitation_email";
+
+/// The outbox message kind for password reset emails.
+pub const PASSWORD_RESET_EMAIL: &str = "password_reset_email";
 
 pub async fn insert<C: ConnectionTrait>(c: &C, row: OutboxRow) -> Result<(), StoreError> {
     outbox::Entity::insert(outbox::ActiveModel {
@@ -26,6 +33,14 @@ pub async fn insert<C: ConnectionTrait>(c: &C, row: OutboxRow) -> Result<(), Sto
     .exec_without_returning(c)
     .await?;
     Ok(())
+}
+
+/// Undelivered messages.
+pub async fn backlog<C: ConnectionTrait>(c: &C) -> Result<u64, StoreError> {
+    Ok(outbox::Entity::find()
+        .filter(outbox::Column::DeliveredAt.is_null())
+        .count(c)
+        .await?)
 }
 
 /// Undelivered messages whose next attempt is due, oldest first.

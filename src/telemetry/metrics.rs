@@ -27,15 +27,12 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder as _, TextEncoder};
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower::{Layer, Service};
 
-use crate::app::authz::Reason;
 use crate::config::TelemetryConfig;
-use crate::store::Store;
-use crate::store::entities::outbox;
+use crate::domain::decision::Reason;
 
 /// How often the outbox backlog is counted.
 pub const OUTBOX_POLL: Duration = Duration::from_secs(5);
@@ -98,18 +95,7 @@ impl Metrics {
     /// One permission check answered.
     pub fn decision(&self, reason: Reason) {
         self.decisions
-            .add(1, &[KeyValue::new("result", reason_name(reason))]);
-    }
-}
-
-pub fn reason_name(reason: Reason) -> &'static str {
-    match reason {
-        Reason::Allowed => "allowed",
-        Reason::NotMember => "not_member",
-        Reason::MissingPermission => "missing_permission",
-        Reason::OrgNotFound => "org_not_found",
-        Reason::UserDisabled => "user_disabled",
-        Reason::MfaRequired => "mfa_required",
+            .add(1, &[KeyValue::new("result", reason.as_str())]);
     }
 }
 
@@ -241,8 +227,14 @@ impl ServerMetrics {
         Ok((bound, task))
     }
 
-    /// Counts undelivered outbox rows every `every` into `teamgate.outbox.backlog`.
-    pub fn watch_outbox(&self, store: Store, every: Duration) -> JoinHandle<()> {
+    /// Records `count()` every `every` into `teamgate.outbox.backlog` (the caller knows where
+    /// the outbox lives; telemetry only records).
+    pub fn watch_outbox<F, Fut, E>(&self, every: Duration, count: F) -> JoinHandle<()>
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<u64, E>> + Send,
+        E: std::fmt::Display,
+    {
         let gauge = self
             .meter
             .u64_gauge("teamgate.outbox.backlog")
@@ -253,7 +245,7 @@ impl ServerMetrics {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 tick.tick().await;
-                match outbox_backlog(&store).await {
+                match count().await {
                     Ok(n) => gauge.record(n, &[]),
                     Err(e) => tracing::debug!(error = %e, "counting the outbox backlog failed"),
                 }
@@ -281,14 +273,6 @@ impl Drop for ServerMetrics {
             let _ = super::otel::blocking_shutdown(move || provider.shutdown());
         }
     }
-}
-
-/// Undelivered rows in the outbox.
-pub async fn outbox_backlog(store: &Store) -> Result<u64, sea_orm::DbErr> {
-    outbox::Entity::find()
-        .filter(outbox::Column::DeliveredAt.is_null())
-        .count(store.conn())
-        .await
 }
 
 fn render(registry: &prometheus::Registry) -> axum::response::Response {
@@ -353,6 +337,6 @@ mod tests {
         assert_eq!(code_name(0), "OK");
         assert_eq!(code_name(16), "UNAUTHENTICATED");
         assert_eq!(code_name(99), "UNKNOWN");
-        assert_eq!(reason_name(Reason::MissingPermission), "missing_permission");
+        assert_eq!(Reason::MissingPermission.as_str(), "missing_permission");
     }
 }

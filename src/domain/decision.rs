@@ -1,0 +1,117 @@
+//! The decision model: what the check path knows about a user in an org (the subject), what
+//! it answers (the reason), and how fresh an answer must be. Pure: the cache, telemetry, the
+//! use cases and the transport all speak these types, and none of them owns them.
+
+use std::sync::Arc;
+
+use super::consistency::ConsistencyToken;
+use super::ids::{OrgId, UserId};
+use super::permission::{Permission, PermissionSet};
+
+/// One question's key: a user in an org.
+pub type Pair = (OrgId, UserId);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Allowed,
+    NotMember,
+    MissingPermission,
+    OrgNotFound,
+    /// The user's account is disabled: every check is denied.
+    UserDisabled,
+    /// The org requires two-factor sign-in and the user has not enrolled.
+    MfaRequired,
+}
+
+/// What the check path knows about one user in one org.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    OrgNotFound,
+    NotMember {
+        org_version: i64,
+    },
+    Member {
+        org_version: i64,
+        role: String,
+        permissions: PermissionSet,
+    },
+    /// The user's account is disabled (whether or not they are a member).
+    UserDisabled {
+        org_version: i64,
+    },
+    /// A member of an org that requires MFA, without TOTP enrolled.
+    MfaRequired {
+        org_version: i64,
+    },
+}
+
+impl Subject {
+    pub fn decide(&self, permission: &Permission) -> Reason {
+        match self {
+            Subject::OrgNotFound => Reason::OrgNotFound,
+            Subject::NotMember { .. } => Reason::NotMember,
+            Subject::Member { permissions, .. } if permissions.contains(permission) => {
+                Reason::Allowed
+            }
+            Subject::Member { .. } => Reason::MissingPermission,
+            Subject::UserDisabled { .. } => Reason::UserDisabled,
+            Subject::MfaRequired { .. } => Reason::MfaRequired,
+        }
+    }
+
+    pub fn org_version(&self) -> Option<i64> {
+        match self {
+            Subject::OrgNotFound => None,
+            Subject::NotMember { org_version }
+            | Subject::Member { org_version, .. }
+            | Subject::UserDisabled { org_version }
+            | Subject::MfaRequired { org_version } => Some(*org_version),
+        }
+    }
+}
+
+/// How fresh an answer must be.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Freshness {
+    #[default]
+    MinimizeLatency,
+    /// At least the versions a token names (one per org; orgs it does not name are read
+    /// with minimal latency).
+    AtLeast(Arc<[ConsistencyToken]>),
+    FullyConsistent,
+}
+
+impl Freshness {
+    pub fn min_version(&self, org: &OrgId) -> Option<i64> {
+        match self {
+            Freshness::AtLeast(ts) => ts.iter().find(|t| t.org == *org).map(|t| t.version),
+            _ => None,
+        }
+    }
+}
+
+impl Reason {
+    /// The stable lower-case name used in metrics and spans.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::NotMember => "not_member",
+            Reason::MissingPermission => "missing_permission",
+            Reason::OrgNotFound => "org_not_found",
+            Reason::UserDisabled => "user_disabled",
+            Reason::MfaRequired => "mfa_required",
+        }
+    }
+}
+
+impl Subject {
+    /// Whether a cached subject may answer a request that needs at least `min_version`.
+    pub fn fresh_enough(&self, min_version: Option<i64>) -> bool {
+        match (min_version, self.org_version()) {
+            (None, _) => true,
+            (Some(min), Some(v)) => v >= min,
+            // A cached "org not found" is never fresh enough for a token naming that org.
+            (Some(_), None) => false,
+        }
+    }
+}
