@@ -270,6 +270,7 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
             max_custom_roles_per_org: config.roles.max_per_org,
         },
         decisions,
+        on_commit: std::sync::OnceLock::new(),
     });
 
     // SMTP or a webhook when configured; otherwise the caller's sink (the log by default).
@@ -289,6 +290,9 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
         &config.feed,
         &config.auth,
     );
+    // Commits wake the feed at once (other replicas' commits are found by polling).
+    let waker = feed.clone();
+    let _ = app.on_commit.set(Box::new(move || waker.wake()));
     let mut background = vec![
         tokio::spawn(outbox.clone().run()),
         tokio::spawn(feed.clone().run_pruner(app.clone())),

@@ -331,12 +331,6 @@ impl App {
         Ok(out)
     }
 
-    async fn invalidate_all(&self, locked: &[(String, i64)]) {
-        for (org, version) in locked {
-            self.decisions.invalidate_org(org, *version).await;
-        }
-    }
-
     /// Refuses while the account (or address) `subject` has had too many failures lately.
     async fn ensure_not_throttled<C: sea_orm::ConnectionTrait>(
         &self,
@@ -444,6 +438,7 @@ impl App {
             .await?;
         }
         tx.commit().await?;
+        self.committed(&[]).await;
         Ok(after)
     }
 
@@ -511,7 +506,7 @@ impl App {
         )
         .await?;
         tx.commit().await?;
-        self.invalidate_all(&locked).await;
+        self.committed(&locked).await;
         Ok((after, tokens_for(&locked)))
     }
 
@@ -1009,7 +1004,7 @@ impl App {
         )
         .await?;
         tx.commit().await?;
-        self.invalidate_all(&locked).await;
+        self.committed(&locked).await;
         Ok(tokens_for(&locked))
     }
 }

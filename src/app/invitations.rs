@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::orgs::{MemberView, OrgView};
-use super::{App, AppResult, Page, PageRequest, RequestCtx, org_not_found, token};
+use super::write::{Authority, Effect, Event, OrgWrite};
+use super::{App, AppResult, Page, PageRequest, RequestCtx, org_not_found};
 use crate::domain::DomainError;
 use crate::domain::email::Email;
 use crate::domain::ids::{InvitationId, OrgId, UserId};
@@ -15,7 +16,7 @@ use crate::store::members::MembershipRow;
 use crate::store::orgs::OrgRow;
 use crate::store::outbox::OutboxRow;
 use crate::store::users::UserRow;
-use crate::store::{audit, invitations, members, orgs, outbox, users};
+use crate::store::{invitations, members, orgs, outbox, users};
 use sea_orm::ConnectionTrait;
 
 #[derive(Debug, Clone)]
@@ -161,20 +162,24 @@ impl App {
         req: NewInvitation,
     ) -> AppResult<(InvitationView, Option<String>, String)> {
         let id = org_id.to_string();
-        let tx = self.store.write().await?;
-        let org = orgs::lock_unchanged(&*tx, &id)
-            .await?
-            .ok_or_else(|| org_not_found(&id))?;
-        let actor = self.authorize(&*tx, ctx, &id, "members.manage").await?;
+        // An invitation grants nothing until accepted: no decision changes.
+        let w = self
+            .org_write(
+                ctx,
+                &id,
+                Authority::Permission("members.manage"),
+                Effect::Records,
+            )
+            .await?;
         let role_key = req
             .role
             .unwrap_or_else(|| self.policy.invite_role().to_owned());
-        let role = self.role_for_request(&*tx, &id, &role_key).await?;
-        actor.actor().may_grant(&role, self.policy.owner_role())?;
+        let role = self.role_for_request(w.conn(), &id, &role_key).await?;
+        w.actor.actor().may_grant(&role, self.policy.owner_role())?;
         let email = req.email.as_str();
-        self.ensure_not_member(&*tx, &id, email).await?;
+        self.ensure_not_member(w.conn(), &id, email).await?;
         let now = self.now();
-        if invitations::find_pending_for_email(&*tx, &id, email, now)
+        if invitations::find_pending_for_email(w.conn(), &id, email, now)
             .await?
             .is_some()
         {
@@ -184,7 +189,7 @@ impl App {
             )
             .into());
         }
-        self.ensure_seat(&*tx, &org).await?;
+        self.ensure_seat(w.conn(), &w.org).await?;
         let secret = new_secret();
         let row = InvitationRow {
             id: InvitationId::generate().to_string(),
@@ -195,30 +200,22 @@ impl App {
             role: role.key.clone(),
             token_hash: hash_secret(&secret),
             state: StoredState::Pending.as_str().into(),
-            invited_by_user_id: actor.user_id.to_string(),
+            invited_by_user_id: w.actor_id(),
             created_at: now,
             expires_at: now + self.settings.invitation_ttl,
             accepted_at: None,
         };
-        invitations::insert(&*tx, row.clone()).await?;
-        let actor_id = actor.user_id.to_string();
-        self.enqueue_invitation_email(&*tx, &org, &row, &actor_id, &secret)
+        invitations::insert(w.conn(), row.clone()).await?;
+        let actor_id = w.actor_id();
+        self.enqueue_invitation_email(w.conn(), &w.org, &row, &actor_id, &secret)
             .await?;
-        audit::insert(
-            &*tx,
-            self.audit_event(
-                ctx,
-                &id,
-                &actor_id,
-                "member.invited",
-                &format!("invitation:{}", row.id),
-                (None, Some(invitation_json(&row))),
-            ),
-        )
-        .await?;
-        tx.commit().await?;
-        self.decisions.invalidate_org(&id, org.version).await;
-        Ok((self.view(row), self.handed_out(secret), token(&org)))
+        let token = w
+            .commit([
+                Event::new("member.invited", format!("invitation:{}", row.id))
+                    .after(invitation_json(&row)),
+            ])
+            .await?;
+        Ok((self.view(row), self.handed_out(secret), token))
     }
 
     pub async fn list_invitations(
@@ -248,27 +245,28 @@ impl App {
         ))
     }
 
-    /// Locks the invitation's org and authorizes the actor to manage it.
-    async fn managed_invitation(
-        &self,
-        tx: &crate::store::WriteTx,
-        ctx: &RequestCtx,
+    /// Opens a write to the invitation's org with the actor authorized to manage it.
+    async fn managed_invitation<'a>(
+        &'a self,
+        ctx: &'a RequestCtx,
         invitation_id: &InvitationId,
-    ) -> AppResult<(OrgRow, InvitationView, super::ActingMember)> {
-        let row = invitations::find(&**tx, &invitation_id.to_string())
+    ) -> AppResult<(OrgWrite<'a>, InvitationView)> {
+        let row = invitations::find(self.store.conn(), &invitation_id.to_string())
             .await?
             .ok_or_else(invitation_not_found)?;
-        let org = orgs::lock_unchanged(&**tx, &row.org_id)
-            .await?
-            .ok_or_else(|| org_not_found(&row.org_id))?;
-        let actor = self
-            .authorize(&**tx, ctx, &row.org_id, "members.manage")
+        let w = self
+            .org_write(
+                ctx,
+                &row.org_id,
+                Authority::Permission("members.manage"),
+                Effect::Records,
+            )
             .await?;
         // Re-read under the org lock: the first read may predate a concurrent change.
-        let row = invitations::find(&**tx, &row.id)
+        let row = invitations::find(w.conn(), &row.id)
             .await?
             .ok_or_else(invitation_not_found)?;
-        Ok((org, self.view(row), actor))
+        Ok((w, self.view(row)))
     }
 
     #[tracing::instrument(skip_all, fields(invitation_id = %invitation_id))]
@@ -277,11 +275,10 @@ impl App {
         ctx: &RequestCtx,
         invitation_id: &InvitationId,
     ) -> AppResult<(InvitationView, Option<String>, String)> {
-        let tx = self.store.write().await?;
-        let (org, inv, actor) = self.managed_invitation(&tx, ctx, invitation_id).await?;
+        let (w, inv) = self.managed_invitation(ctx, invitation_id).await?;
         inv.status.ensure_resendable()?;
         let role = self
-            .resolve_role(&*tx, &org.id, &inv.row.role)
+            .resolve_role(w.conn(), &w.org.id, &inv.row.role)
             .await?
             .ok_or_else(|| {
                 DomainError::precondition(
@@ -289,14 +286,14 @@ impl App {
                     format!("the invited role `{}` no longer exists: revoke this invitation and invite again", inv.row.role),
                 )
             })?;
-        actor.actor().may_grant(&role, self.policy.owner_role())?;
-        self.ensure_not_member(&*tx, &org.id, &inv.row.email)
+        w.actor.actor().may_grant(&role, self.policy.owner_role())?;
+        self.ensure_not_member(w.conn(), &w.org.id, &inv.row.email)
             .await?;
         if inv.status == InvitationStatus::Expired {
             // The email may have been invited again since this one expired: one pending
             // invitation per email.
             if let Some(other) =
-                invitations::find_pending_for_email(&*tx, &org.id, &inv.row.email, self.now())
+                invitations::find_pending_for_email(w.conn(), &w.org.id, &inv.row.email, self.now())
                     .await?
             {
                 return Err(DomainError::exists(
@@ -309,25 +306,23 @@ impl App {
                 .into());
             }
             // An expired invitation gave its seat back; reviving it takes one again.
-            self.ensure_seat(&*tx, &org).await?;
+            self.ensure_seat(w.conn(), &w.org).await?;
         }
         let secret = new_secret();
         let expires_at: DateTime<Utc> = self.now() + self.settings.invitation_ttl;
-        invitations::renew(&*tx, &inv.row.id, &hash_secret(&secret), expires_at).await?;
+        invitations::renew(w.conn(), &inv.row.id, &hash_secret(&secret), expires_at).await?;
         let mut row = inv.row.clone();
         row.token_hash = hash_secret(&secret);
         row.expires_at = expires_at;
-        let actor_id = actor.user_id.to_string();
-        self.enqueue_invitation_email(&*tx, &org, &row, &actor_id, &secret)
+        let actor_id = w.actor_id();
+        self.enqueue_invitation_email(w.conn(), &w.org, &row, &actor_id, &secret)
             .await?;
-        audit::insert(
-            &*tx,
-            self.audit_event(ctx, &org.id, &actor_id, "invitation.resent", &format!("invitation:{}", row.id), (Some(json!({"expires_at": inv.row.expires_at.to_rfc3339()})), Some(json!({"email": row.email, "role": row.role, "expires_at": expires_at.to_rfc3339()})))),
-        )
-        .await?;
-        tx.commit().await?;
-        self.decisions.invalidate_org(&org.id, org.version).await;
-        Ok((self.view(row), self.handed_out(secret), token(&org)))
+        let token = w
+            .commit([Event::new("invitation.resent", format!("invitation:{}", row.id))
+                .before(json!({"expires_at": inv.row.expires_at.to_rfc3339()}))
+                .after(json!({"email": row.email, "role": row.role, "expires_at": expires_at.to_rfc3339()}))])
+            .await?;
+        Ok((self.view(row), self.handed_out(secret), token))
     }
 
     #[tracing::instrument(skip_all, fields(invitation_id = %invitation_id))]
@@ -336,35 +331,24 @@ impl App {
         ctx: &RequestCtx,
         invitation_id: &InvitationId,
     ) -> AppResult<(InvitationView, String)> {
-        let tx = self.store.write().await?;
-        let (org, inv, actor) = self.managed_invitation(&tx, ctx, invitation_id).await?;
+        let (w, inv) = self.managed_invitation(ctx, invitation_id).await?;
         inv.status.ensure_revocable()?;
-        invitations::set_state(&*tx, &inv.row.id, StoredState::Revoked.as_str(), None).await?;
+        invitations::set_state(w.conn(), &inv.row.id, StoredState::Revoked.as_str(), None).await?;
         let mut row = inv.row.clone();
         row.state = StoredState::Revoked.as_str().into();
-        audit::insert(
-            &*tx,
-            self.audit_event(
-                ctx,
-                &org.id,
-                &actor.user_id.to_string(),
-                "invitation.revoked",
-                &format!("invitation:{}", row.id),
-                (
-                    Some(invitation_json(&inv.row)),
-                    Some(json!({
+        let token = w
+            .commit([
+                Event::new("invitation.revoked", format!("invitation:{}", row.id))
+                    .before(invitation_json(&inv.row))
+                    .after(json!({
                         "invitation_id": row.id,
                         "email": row.email,
                         "role": row.role,
                         "state": "revoked",
                     })),
-                ),
-            ),
-        )
-        .await?;
-        tx.commit().await?;
-        self.decisions.invalidate_org(&org.id, org.version).await;
-        Ok((self.view(row), token(&org)))
+            ])
+            .await?;
+        Ok((self.view(row), token))
     }
 
     #[tracing::instrument(skip_all)]
@@ -473,25 +457,13 @@ impl App {
         members::insert(&*tx, membership.clone()).await?;
         invitations::set_state(&*tx, &inv.row.id, StoredState::Accepted.as_str(), Some(now))
             .await?;
-        audit::insert(
-            &*tx,
-            self.audit_event(
-                ctx,
-                &org.id,
-                &user.id,
-                "invitation.accepted",
-                &format!("invitation:{}", inv.row.id),
-                (
-                    Some(invitation_json(&inv.row)),
-                    Some(json!({"user_id": user.id, "email": user.email, "role": role.key})),
-                ),
-            ),
-        )
-        .await?;
         let member_count = orgs::member_count(&*tx, &org.id).await?;
-        tx.commit().await?;
-        self.decisions.invalidate_org(&org.id, org.version).await;
-        let t = token(&org);
+        let accepted = Event::new("invitation.accepted", format!("invitation:{}", inv.row.id))
+            .before(invitation_json(&inv.row))
+            .after(json!({"user_id": user.id, "email": user.email, "role": role.key}));
+        let t = self
+            .commit_org_events(tx, ctx, &org, &user.id, [accepted], Effect::Decisions)
+            .await?;
         Ok((
             MemberView { membership, user },
             OrgView {

@@ -3,11 +3,12 @@
 use serde_json::json;
 
 use super::orgs::MemberView;
-use super::{App, AppResult, Page, PageRequest, RequestCtx, org_not_found, token};
+use super::write::{Authority, Effect, Event};
+use super::{App, AppResult, Page, PageRequest, RequestCtx};
 use crate::domain::DomainError;
 use crate::domain::ids::{OrgId, UserId};
 use crate::domain::roles::ensure_owner_remains;
-use crate::store::{audit, members, orgs};
+use crate::store::members;
 
 fn member_not_found(org_id: &str, user_id: &str) -> DomainError {
     DomainError::not_found(
@@ -75,48 +76,44 @@ impl App {
         role_key: &str,
     ) -> AppResult<(MemberView, String)> {
         let (org, user) = (org_id.to_string(), user_id.to_string());
-        let tx = self.store.write().await?;
-        let org_row = orgs::lock(&*tx, &org)
-            .await?
-            .ok_or_else(|| org_not_found(&org))?;
-        let actor = self.authorize(&*tx, ctx, &org, "members.manage").await?;
-        let (membership, user_row) = members::find_with_user(&*tx, &org, &user)
-            .await?
-            .ok_or_else(|| member_not_found(&org, &user))?;
-        let new_role = self.role_for_request(&*tx, &org, role_key).await?;
-        let before = MemberView {
-            membership: membership.clone(),
-            user: user_row.clone(),
-        };
-        if membership.role == new_role.key {
-            return Ok((before, token(&org_row)));
-        }
-        let current = self.role_for_request(&*tx, &org, &membership.role).await?;
-        let owner_role = self.policy.owner_role();
-        actor.actor().may_manage(&current, owner_role)?;
-        actor.actor().may_grant(&new_role, owner_role)?;
-        if current.key == owner_role {
-            let owners = members::count_with_role(&*tx, &org, owner_role).await?;
-            ensure_owner_remains(owners.saturating_sub(1), owner_role)?;
-        }
-        members::set_role(&*tx, &org, &user, &new_role.key).await?;
-        let mut after = before.clone();
-        after.membership.role = new_role.key.clone();
-        audit::insert(
-            &*tx,
-            self.audit_event(
+        let w = self
+            .org_write(
                 ctx,
                 &org,
-                &actor.user_id.to_string(),
-                "member.role_changed",
-                &format!("user:{user}"),
-                (Some(member_json(&before)), Some(member_json(&after))),
-            ),
-        )
-        .await?;
-        tx.commit().await?;
-        self.decisions.invalidate_org(&org, org_row.version).await;
-        Ok((after, token(&org_row)))
+                Authority::Permission("members.manage"),
+                Effect::Decisions,
+            )
+            .await?;
+        let (membership, user_row) = members::find_with_user(w.conn(), &org, &user)
+            .await?
+            .ok_or_else(|| member_not_found(&org, &user))?;
+        let new_role = self.role_for_request(w.conn(), &org, role_key).await?;
+        let before = MemberView {
+            membership: membership.clone(),
+            user: user_row,
+        };
+        if membership.role == new_role.key {
+            return Ok((before, w.unchanged()));
+        }
+        let current = self
+            .role_for_request(w.conn(), &org, &membership.role)
+            .await?;
+        let owner_role = self.policy.owner_role();
+        w.actor.actor().may_manage(&current, owner_role)?;
+        w.actor.actor().may_grant(&new_role, owner_role)?;
+        if current.key == owner_role {
+            let owners = members::count_with_role(w.conn(), &org, owner_role).await?;
+            ensure_owner_remains(owners.saturating_sub(1), owner_role)?;
+        }
+        members::set_role(w.conn(), &org, &user, &new_role.key).await?;
+        let mut after = before.clone();
+        after.membership.role = new_role.key.clone();
+        let token = w
+            .commit([Event::new("member.role_changed", format!("user:{user}"))
+                .before(member_json(&before))
+                .after(member_json(&after))])
+            .await?;
+        Ok((after, token))
     }
 
     #[tracing::instrument(skip_all, fields(org_id = %org_id, user_id = %user_id))]
@@ -127,50 +124,39 @@ impl App {
         user_id: &UserId,
     ) -> AppResult<String> {
         let (org, user) = (org_id.to_string(), user_id.to_string());
-        let tx = self.store.write().await?;
-        let org_row = orgs::lock(&*tx, &org)
-            .await?
-            .ok_or_else(|| org_not_found(&org))?;
+        // Anyone may leave; removing someone else needs members.manage and outranking them.
         let leaving = ctx.actor()? == *user_id;
-        let actor = if leaving {
-            // Anyone may leave; the last-owner rule still applies.
-            self.acting_member(&*tx, ctx, &org, "members.manage")
-                .await?
+        let authority = if leaving {
+            Authority::Membership {
+                for_message: "members.manage",
+            }
         } else {
-            self.authorize(&*tx, ctx, &org, "members.manage").await?
+            Authority::Permission("members.manage")
         };
-        let (membership, user_row) = members::find_with_user(&*tx, &org, &user)
+        let w = self
+            .org_write(ctx, &org, authority, Effect::Decisions)
+            .await?;
+        let (membership, user_row) = members::find_with_user(w.conn(), &org, &user)
             .await?
             .ok_or_else(|| member_not_found(&org, &user))?;
-        let current = self.resolve_role(&*tx, &org, &membership.role).await?;
+        let current = self.resolve_role(w.conn(), &org, &membership.role).await?;
         let owner_role = self.policy.owner_role();
         if let (false, Some(current)) = (leaving, &current) {
-            actor.actor().may_manage(current, owner_role)?;
+            w.actor.actor().may_manage(current, owner_role)?;
         }
         if membership.role == owner_role {
-            let owners = members::count_with_role(&*tx, &org, owner_role).await?;
+            let owners = members::count_with_role(w.conn(), &org, owner_role).await?;
             ensure_owner_remains(owners.saturating_sub(1), owner_role)?;
         }
-        members::delete(&*tx, &org, &user).await?;
+        members::delete(w.conn(), &org, &user).await?;
         let before = MemberView {
             membership,
             user: user_row,
         };
-        audit::insert(
-            &*tx,
-            self.audit_event(
-                ctx,
-                &org,
-                &actor.user_id.to_string(),
-                "member.removed",
-                &format!("user:{user}"),
-                (Some(member_json(&before)), None),
-            ),
+        w.commit(
+            [Event::new("member.removed", format!("user:{user}")).before(member_json(&before))],
         )
-        .await?;
-        tx.commit().await?;
-        self.decisions.invalidate_org(&org, org_row.version).await;
-        Ok(token(&org_row))
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(org_id = %org_id, new_owner = %new_owner))]
@@ -181,20 +167,23 @@ impl App {
         new_owner: &UserId,
     ) -> AppResult<(MemberView, MemberView, String)> {
         let (org, target) = (org_id.to_string(), new_owner.to_string());
-        let tx = self.store.write().await?;
-        let org_row = orgs::lock(&*tx, &org)
-            .await?
-            .ok_or_else(|| org_not_found(&org))?;
-        let actor = self.authorize(&*tx, ctx, &org, "org.transfer").await?;
+        let w = self
+            .org_write(
+                ctx,
+                &org,
+                Authority::Permission("org.transfer"),
+                Effect::Decisions,
+            )
+            .await?;
         let owner_role = self.policy.owner_role();
-        if !actor.is_owner {
+        if !w.actor.is_owner {
             return Err(DomainError::denied(
                 "PRIVILEGE_ESCALATION",
                 format!("only holders of `{owner_role}` can transfer ownership"),
             )
             .into());
         }
-        if actor.user_id == *new_owner {
+        if w.actor.user_id == *new_owner {
             return Err(DomainError::invalid_because(
                 "new_owner_user_id",
                 "ALREADY_OWNER",
@@ -202,7 +191,7 @@ impl App {
             )
             .into());
         }
-        let (target_m, target_u) = members::find_with_user(&*tx, &org, &target)
+        let (target_m, target_u) = members::find_with_user(w.conn(), &org, &target)
             .await?
             .ok_or_else(|| {
                 DomainError::precondition(
@@ -212,13 +201,13 @@ impl App {
                     ),
                 )
             })?;
-        let actor_id = actor.user_id.to_string();
-        let (actor_m, actor_u) = members::find_with_user(&*tx, &org, &actor_id)
+        let actor_id = w.actor_id();
+        let (actor_m, actor_u) = members::find_with_user(w.conn(), &org, &actor_id)
             .await?
             .ok_or_else(|| member_not_found(&org, &actor_id))?;
         let demoted_to = self.policy.role_below_owner().to_owned();
-        members::set_role(&*tx, &org, &target, owner_role).await?;
-        members::set_role(&*tx, &org, &actor_id, &demoted_to).await?;
+        members::set_role(w.conn(), &org, &target, owner_role).await?;
+        members::set_role(w.conn(), &org, &actor_id, &demoted_to).await?;
         let before =
             json!({"previous_owner": actor_id, "previous_role_of_new_owner": target_m.role});
         let mut previous = MemberView {
@@ -231,23 +220,13 @@ impl App {
             user: target_u,
         };
         next.membership.role = owner_role.to_owned();
-        audit::insert(
-            &*tx,
-            self.audit_event(
-                ctx,
-                &org,
-                &actor_id,
-                "ownership.transferred",
-                &format!("user:{target}"),
-                (
-                    Some(before),
-                    Some(json!({"new_owner": target, "previous_owner_role": demoted_to})),
-                ),
-            ),
-        )
-        .await?;
-        tx.commit().await?;
-        self.decisions.invalidate_org(&org, org_row.version).await;
-        Ok((previous, next, token(&org_row)))
+        let token = w
+            .commit([
+                Event::new("ownership.transferred", format!("user:{target}"))
+                    .before(before)
+                    .after(json!({"new_owner": target, "previous_owner_role": demoted_to})),
+            ])
+            .await?;
+        Ok((previous, next, token))
     }
 }

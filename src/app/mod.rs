@@ -8,6 +8,7 @@ pub mod invitations;
 pub mod members;
 pub mod orgs;
 pub mod roles;
+mod write;
 
 use std::sync::Arc;
 
@@ -130,6 +131,8 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     pub settings: AppSettings,
     pub decisions: Decisions,
+    /// Called after every commit on this replica (the change feed's wake-up).
+    pub on_commit: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// An authorized actor within one org.

@@ -2,7 +2,8 @@
 
 use serde_json::json;
 
-use super::{App, AppResult, Page, PageRequest, RequestCtx, org_not_found, token};
+use super::write::{Authority, Effect, Event};
+use super::{App, AppResult, Page, PageRequest, RequestCtx};
 use crate::domain::DomainError;
 use crate::domain::email::Email;
 use crate::domain::ids::{OrgId, UserId};
@@ -10,7 +11,7 @@ use crate::domain::invitation::ensure_seat_available;
 use crate::store::members::MembershipRow;
 use crate::store::orgs::OrgRow;
 use crate::store::users::UserRow;
-use crate::store::{audit, invitations, members, orgs, users};
+use crate::store::{invitations, members, orgs, users};
 
 /// Who becomes the first owner of a new org.
 #[derive(Debug, Clone)]
@@ -133,24 +134,20 @@ impl App {
             joined_at: now,
         };
         members::insert(&*tx, membership.clone()).await?;
-        audit::insert(
-            &*tx,
-            self.audit_event(
+        let t = self
+            .commit_org_events(
+                tx,
                 ctx,
-                &org_id,
+                &org,
                 &user.id,
-                "organization.created",
-                &format!("organization:{org_id}"),
-                (
-                    None,
-                    Some(json!({"name": org.name, "plan": org.plan, "owner_user_id": user.id})),
-                ),
-            ),
-        )
-        .await?;
-        tx.commit().await?;
-        let t = token(&org);
-        self.decisions.invalidate_org(&org_id, org.version).await;
+                [
+                    Event::new("organization.created", format!("organization:{org_id}")).after(
+                        json!({"name": org.name, "plan": org.plan, "owner_user_id": user.id}),
+                    ),
+                ],
+                Effect::Decisions,
+            )
+            .await?;
         Ok((
             OrgView {
                 row: org,
@@ -183,27 +180,28 @@ impl App {
         if let Some(plan) = &changes.plan {
             self.check_plan(plan)?;
         }
-        let tx = self.store.write().await?;
         // Only require_mfa can change a decision; renames and plan changes keep caches warm.
-        let locked = if changes.require_mfa.is_some() {
-            orgs::lock(&*tx, &id).await?
+        let effect = if changes.require_mfa.is_some() {
+            Effect::Decisions
         } else {
-            orgs::lock_unchanged(&*tx, &id).await?
+            Effect::Records
         };
-        let before = locked.ok_or_else(|| org_not_found(&id))?;
         let needs_update = changes.name.is_some() || changes.require_mfa.is_some();
         let first = if needs_update {
             "org.update"
         } else {
             "billing.manage"
         };
-        let actor = self.authorize(&*tx, ctx, &id, first).await?;
+        let w = self
+            .org_write(ctx, &id, Authority::Permission(first), effect)
+            .await?;
+        let before = w.org.clone();
         if changes.plan.is_some() {
-            actor.actor().require("billing.manage")?;
+            w.actor.actor().require("billing.manage")?;
         }
-        let member_count = orgs::member_count(&*tx, &id).await?;
+        let member_count = orgs::member_count(w.conn(), &id).await?;
         if let Some(plan) = changes.plan.as_deref().and_then(|p| self.policy.plan(p)) {
-            let pending = invitations::count_pending(&*tx, &id, self.now()).await?;
+            let pending = invitations::count_pending(w.conn(), &id, self.now()).await?;
             ensure_seat_available(
                 member_count,
                 pending,
@@ -214,7 +212,7 @@ impl App {
             )?;
         }
         orgs::update(
-            &*tx,
+            w.conn(),
             &id,
             changes.name.clone(),
             changes.plan.clone(),
@@ -231,14 +229,15 @@ impl App {
         if let Some(m) = changes.require_mfa {
             after.require_mfa = m;
         }
-        audit::insert(
-            &*tx,
-            self.audit_event(ctx, &id, &actor.user_id.to_string(), "organization.updated", &format!("organization:{id}"), (Some(json!({"name": before.name, "plan": before.plan, "require_mfa": before.require_mfa})), Some(json!({"name": after.name, "plan": after.plan, "require_mfa": after.require_mfa})))),
-        )
-        .await?;
-        tx.commit().await?;
-        self.decisions.invalidate_org(&id, after.version).await;
-        let t = token(&after);
+        let state =
+            |o: &OrgRow| json!({"name": o.name, "plan": o.plan, "require_mfa": o.require_mfa});
+        let t = w
+            .commit([
+                Event::new("organization.updated", format!("organization:{id}"))
+                    .before(state(&before))
+                    .after(state(&after)),
+            ])
+            .await?;
         Ok((
             OrgView {
                 row: after,
@@ -251,31 +250,23 @@ impl App {
     #[tracing::instrument(skip_all, fields(org_id = %org_id))]
     pub async fn delete_org(&self, ctx: &RequestCtx, org_id: &OrgId) -> AppResult<String> {
         let id = org_id.to_string();
-        let tx = self.store.write().await?;
-        let org = orgs::lock(&*tx, &id)
-            .await?
-            .ok_or_else(|| org_not_found(&id))?;
-        let actor = self.authorize(&*tx, ctx, &id, "org.delete").await?;
-        let now = self.now();
-        orgs::soft_delete(&*tx, &id, now).await?;
-        audit::insert(
-            &*tx,
-            self.audit_event(
+        let w = self
+            .org_write(
                 ctx,
                 &id,
-                &actor.user_id.to_string(),
-                "organization.deleted",
-                &format!("organization:{id}"),
-                (
-                    Some(json!({"name": org.name, "plan": org.plan})),
-                    Some(json!({"deleted_at": now.to_rfc3339()})),
-                ),
-            ),
-        )
-        .await?;
-        tx.commit().await?;
-        self.decisions.invalidate_org(&id, org.version).await;
-        Ok(token(&org))
+                Authority::Permission("org.delete"),
+                Effect::Decisions,
+            )
+            .await?;
+        let now = self.now();
+        orgs::soft_delete(w.conn(), &id, now).await?;
+        let before = json!({"name": w.org.name, "plan": w.org.plan});
+        w.commit([
+            Event::new("organization.deleted", format!("organization:{id}"))
+                .before(before)
+                .after(json!({"deleted_at": now.to_rfc3339()})),
+        ])
+        .await
     }
 
     pub async fn list_orgs(

@@ -2,12 +2,13 @@
 
 use serde_json::json;
 
-use super::{App, AppResult, Page, PageRequest, RequestCtx, org_not_found, token};
+use super::write::{Authority, Effect, Event};
+use super::{App, AppResult, Page, PageRequest, RequestCtx};
 use crate::domain::DomainError;
 use crate::domain::ids::OrgId;
 use crate::domain::roles::{ResolvedRole, RoleKey, parse_permissions};
 use crate::store::roles::RoleRow;
-use crate::store::{audit, encode_permissions, invitations, members, orgs, roles};
+use crate::store::{encode_permissions, invitations, members, roles};
 
 /// A role as listed, with how many members hold it.
 #[derive(Debug, Clone)]
@@ -125,13 +126,17 @@ impl App {
         }
         let display_name = def.display_name.unwrap_or_else(|| key.to_owned());
         let perms = parse_permissions(&def.permissions, |p| self.policy.knows(p))?;
-        let tx = self.store.write().await?;
-        let org = orgs::lock_unchanged(&*tx, &id)
-            .await?
-            .ok_or_else(|| org_not_found(&id))?;
-        let actor = self.authorize(&*tx, ctx, &id, "roles.manage").await?;
-        actor.actor().may_define(&perms)?;
-        if roles::find_custom(&*tx, &id, key).await?.is_some() {
+        // A new role is held by nobody yet: no decision changes.
+        let w = self
+            .org_write(
+                ctx,
+                &id,
+                Authority::Permission("roles.manage"),
+                Effect::Records,
+            )
+            .await?;
+        w.actor.actor().may_define(&perms)?;
+        if roles::find_custom(w.conn(), &id, key).await?.is_some() {
             return Err(DomainError::exists(
                 "ROLE_EXISTS",
                 format!(
@@ -143,7 +148,7 @@ impl App {
         // Counted under the org's row lock, so concurrent creates cannot both pass at the
         // limit.
         let max = self.settings.max_custom_roles_per_org;
-        let existing = roles::count_custom(&*tx, &id).await?;
+        let existing = roles::count_custom(w.conn(), &id).await?;
         if existing >= u64::from(max) {
             return Err(DomainError::precondition(
                 "ROLE_LIMIT",
@@ -155,7 +160,7 @@ impl App {
         }
         let now = self.now();
         roles::insert(
-            &*tx,
+            w.conn(),
             RoleRow {
                 org_id: id.clone(),
                 key: key.to_owned(),
@@ -173,26 +178,15 @@ impl App {
             permissions: perms,
             built_in: false,
         };
-        audit::insert(
-            &*tx,
-            self.audit_event(
-                ctx,
-                &id,
-                &actor.user_id.to_string(),
-                "role.created",
-                &format!("role:{key}"),
-                (None, Some(role_json(&role))),
-            ),
-        )
-        .await?;
-        tx.commit().await?;
-        self.decisions.invalidate_org(&id, org.version).await;
+        let token = w
+            .commit([Event::new("role.created", format!("role:{key}")).after(role_json(&role))])
+            .await?;
         Ok((
             RoleView {
                 role,
                 member_count: 0,
             },
-            token(&org),
+            token,
         ))
     }
 
@@ -209,51 +203,45 @@ impl App {
             return Err(built_in_immutable(key).into());
         }
         let perms = parse_permissions(&def.permissions, |p| self.policy.knows(p))?;
-        let tx = self.store.write().await?;
-        let org = orgs::lock(&*tx, &id)
-            .await?
-            .ok_or_else(|| org_not_found(&id))?;
-        let actor = self.authorize(&*tx, ctx, &id, "roles.manage").await?;
-        let row = roles::find_custom(&*tx, &id, key)
+        let w = self
+            .org_write(
+                ctx,
+                &id,
+                Authority::Permission("roles.manage"),
+                Effect::Decisions,
+            )
+            .await?;
+        let row = roles::find_custom(w.conn(), &id, key)
             .await?
             .ok_or_else(|| role_not_found(key))?;
         let before = self.custom_role(row);
         // Both the old and the new permission sets must be within the actor's own: nobody
         // widens a role, or edits one more powerful than theirs.
-        actor.actor().may_define(&before.permissions)?;
-        actor.actor().may_define(&perms)?;
+        w.actor.actor().may_define(&before.permissions)?;
+        w.actor.actor().may_define(&perms)?;
         let display_name = def
             .display_name
             .unwrap_or_else(|| before.display_name.clone());
         let now = self.now();
-        roles::update(&*tx, &id, key, &display_name, &perms.to_strings(), now).await?;
+        roles::update(w.conn(), &id, key, &display_name, &perms.to_strings(), now).await?;
         let after = ResolvedRole {
             key: key.to_owned(),
             display_name,
             permissions: perms,
             built_in: false,
         };
-        audit::insert(
-            &*tx,
-            self.audit_event(
-                ctx,
-                &id,
-                &actor.user_id.to_string(),
-                "role.updated",
-                &format!("role:{key}"),
-                (Some(role_json(&before)), Some(role_json(&after))),
-            ),
-        )
-        .await?;
-        let member_count = members::count_with_role(&*tx, &id, key).await?;
-        tx.commit().await?;
-        self.decisions.invalidate_org(&id, org.version).await;
+        let member_count = members::count_with_role(w.conn(), &id, key).await?;
+        let token = w
+            .commit([Event::new("role.updated", format!("role:{key}"))
+                .before(role_json(&before))
+                .after(role_json(&after))])
+            .await?;
         Ok((
             RoleView {
                 role: after,
                 member_count,
             },
-            token(&org),
+            token,
         ))
     }
 
@@ -270,19 +258,23 @@ impl App {
         if self.policy.built_in(key).is_some() {
             return Err(built_in_immutable(key).into());
         }
-        let tx = self.store.write().await?;
-        let org = orgs::lock(&*tx, &id)
-            .await?
-            .ok_or_else(|| org_not_found(&id))?;
-        let actor = self.authorize(&*tx, ctx, &id, "roles.manage").await?;
-        let row = roles::find_custom(&*tx, &id, key)
+        let w = self
+            .org_write(
+                ctx,
+                &id,
+                Authority::Permission("roles.manage"),
+                Effect::Decisions,
+            )
+            .await?;
+        let row = roles::find_custom(w.conn(), &id, key)
             .await?
             .ok_or_else(|| role_not_found(key))?;
         let before = self.custom_role(row);
-        actor.actor().may_define(&before.permissions)?;
+        w.actor.actor().may_define(&before.permissions)?;
         let now = self.now();
-        let holding_members = members::count_with_role(&*tx, &id, key).await?;
-        let holding_invitations = invitations::count_pending_with_role(&*tx, &id, key, now).await?;
+        let holding_members = members::count_with_role(w.conn(), &id, key).await?;
+        let holding_invitations =
+            invitations::count_pending_with_role(w.conn(), &id, key, now).await?;
         let holders = holding_members + holding_invitations;
         let mut moved = 0;
         match reassign_to {
@@ -295,18 +287,22 @@ impl App {
                     )
                     .into());
                 }
-                let to = self
-                    .role_for_request(&*tx, &id, target)
-                    .await
-                    .map_err(|e| match e {
-                        super::AppError::Domain(DomainError::Invalid {
-                            reason, message, ..
-                        }) => DomainError::invalid_because("reassign_to", reason, message).into(),
-                        other => other,
-                    })?;
-                actor.actor().may_grant(&to, self.policy.owner_role())?;
-                moved += members::reassign_role(&*tx, &id, key, &to.key).await?;
-                moved += invitations::reassign_role(&*tx, &id, key, &to.key).await?;
+                let to =
+                    self.role_for_request(w.conn(), &id, target)
+                        .await
+                        .map_err(|e| match e {
+                            super::AppError::Domain(DomainError::Invalid {
+                                reason,
+                                message,
+                                ..
+                            }) => {
+                                DomainError::invalid_because("reassign_to", reason, message).into()
+                            }
+                            other => other,
+                        })?;
+                w.actor.actor().may_grant(&to, self.policy.owner_role())?;
+                moved += members::reassign_role(w.conn(), &id, key, &to.key).await?;
+                moved += invitations::reassign_role(w.conn(), &id, key, &to.key).await?;
             }
             None if holders > 0 => {
                 return Err(DomainError::precondition(
@@ -321,28 +317,14 @@ impl App {
             }
             None => {}
         }
-        roles::delete(&*tx, &id, key).await?;
+        roles::delete(w.conn(), &id, key).await?;
         let mut before_json = role_json(&before);
         if let serde_json::Value::Object(m) = &mut before_json {
             m.insert("holders".into(), json!(holders));
         }
-        audit::insert(
-            &*tx,
-            self.audit_event(
-                ctx,
-                &id,
-                &actor.user_id.to_string(),
-                "role.deleted",
-                &format!("role:{key}"),
-                (
-                    Some(before_json),
-                    Some(json!({"reassigned_to": reassign_to, "moved": moved})),
-                ),
-            ),
-        )
-        .await?;
-        tx.commit().await?;
-        self.decisions.invalidate_org(&id, org.version).await;
-        Ok(token(&org))
+        w.commit([Event::new("role.deleted", format!("role:{key}"))
+            .before(before_json)
+            .after(json!({"reassigned_to": reassign_to, "moved": moved}))])
+            .await
     }
 }

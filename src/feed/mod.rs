@@ -3,7 +3,7 @@
 //! consumer resumes after its last cursor across restarts.
 //!
 //! One shared reader per replica (`hub`) reads the table after every change committed through
-//! this replica (the [`WakeLayer`] notifies after each mutating call returns) and every
+//! this replica (`App::on_commit` wakes it after each commit) and every
 //! `feed.poll_interval_ms`, and fans the changes out to the open streams in memory, so the
 //! database load does not grow with the number of streams. Streams are capped per caller and
 //! per server (`limits`).
@@ -274,7 +274,8 @@ impl Feed {
         Ok(tasks)
     }
 
-    /// The tower layer that wakes the feed after mutating calls and hands handlers the feed.
+    /// The tower layer that hands handlers the feed (commits wake it through
+    /// `App::on_commit`, not the transport).
     pub fn layer(self: &Arc<Self>) -> WakeLayer {
         WakeLayer { feed: self.clone() }
     }
@@ -283,17 +284,6 @@ impl Feed {
 /// Put in request extensions by [`WakeLayer`], so the WatchChanges handler finds the feed.
 #[derive(Clone)]
 pub struct FeedHandle(pub Arc<Feed>);
-
-/// Does a call to this gRPC path possibly commit a change?
-fn may_mutate(path: &str) -> bool {
-    let mut parts = path.trim_start_matches('/').splitn(2, '/');
-    let service = parts.next().unwrap_or("");
-    let method = parts.next().unwrap_or("");
-    matches!(
-        service,
-        "teamgate.v1.TeamService" | "teamgate.v1.IdentityService"
-    ) && !(method.starts_with("Get") || method.starts_with("List") || method.starts_with("Watch"))
-}
 
 #[derive(Clone)]
 pub struct WakeLayer {
@@ -331,18 +321,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let wake = may_mutate(req.uri().path()).then(|| self.feed.clone());
         req.extensions_mut().insert(FeedHandle(self.feed.clone()));
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let resp = inner.call(req).await;
-            // Unary handlers return after their transaction committed.
-            if let Some(feed) = wake {
-                feed.wake();
-            }
-            resp
-        })
+        Box::pin(async move { inner.call(req).await })
     }
 }
 
@@ -356,13 +338,5 @@ mod tests {
         assert_eq!(parse_cursor("c1.-1"), None);
         assert_eq!(parse_cursor("42"), None);
         assert_eq!(parse_cursor("c1.x"), None);
-    }
-
-    #[test]
-    fn mutating_paths() {
-        assert!(may_mutate("/teamgate.v1.TeamService/RemoveMember"));
-        assert!(!may_mutate("/teamgate.v1.TeamService/ListMembers"));
-        assert!(!may_mutate("/teamgate.v1.TeamService/WatchChanges"));
-        assert!(!may_mutate("/teamgate.v1.AuthzService/Check"));
     }
 }

@@ -41,6 +41,9 @@ pub struct Store {
 }
 
 /// A write transaction. On SQLite it also holds the process-wide writer slot until dropped.
+/// An open transaction, as the use cases hand it to store functions.
+pub type Tx = DatabaseTransaction;
+
 pub struct WriteTx {
     pub txn: DatabaseTransaction,
     _writer: Option<OwnedMutexGuard<()>>,

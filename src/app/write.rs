@@ -1,0 +1,178 @@
+//! The one path every organization write takes.
+//!
+//! [`App::org_write`] opens the transaction, locks the org's row (writes to one org are
+//! serialized by it; writes to different orgs never wait for each other), and authorizes the
+//! actor, account status and two-factor included. The use case then checks its own rule and
+//! makes its change through [`OrgWrite::conn`], and [`OrgWrite::commit`] records the audit
+//! rows (each also a change-feed row) in the same transaction, commits, invalidates cached
+//! decisions when the write could change one, and wakes the change feed. Dropping an
+//! `OrgWrite` without committing rolls everything back, the version bump included.
+
+use serde_json::Value;
+
+use super::{ActingMember, App, AppResult, RequestCtx, org_not_found, token};
+use crate::store::orgs::OrgRow;
+use crate::store::{Tx, WriteTx, audit, orgs};
+
+/// What a write can change, which decides whether cached decisions must go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// Memberships, roles, the org's existence or its two-factor rule: Check answers may
+    /// change, so the org's version is bumped and its cached decisions dropped.
+    Decisions,
+    /// Invitations, names, plans: no decision changes, so caches stay warm.
+    Records,
+}
+
+/// Who may make the write.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Authority {
+    /// A member holding this permission.
+    Permission(&'static str),
+    /// Any member (leaving an org); the message names `for_message`.
+    Membership { for_message: &'static str },
+}
+
+/// One audit event: the action, its target, and the target's state before and after.
+pub(crate) struct Event {
+    pub action: &'static str,
+    pub target: String,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+impl Event {
+    pub fn new(action: &'static str, target: String) -> Event {
+        Event {
+            action,
+            target,
+            before: None,
+            after: None,
+        }
+    }
+
+    pub fn before(mut self, v: Value) -> Event {
+        self.before = Some(v);
+        self
+    }
+
+    pub fn after(mut self, v: Value) -> Event {
+        self.after = Some(v);
+        self
+    }
+}
+
+/// An open write to one org: locked, with its actor authorized.
+pub(crate) struct OrgWrite<'a> {
+    app: &'a App,
+    ctx: &'a RequestCtx,
+    tx: WriteTx,
+    /// The org as locked (its version already bumped for [`Effect::Decisions`]).
+    pub org: OrgRow,
+    pub actor: ActingMember,
+    effect: Effect,
+}
+
+impl App {
+    /// Opens a write to `org_id` (see the module docs). `NOT_FOUND` when the org does not
+    /// exist or was deleted; the actor's denial otherwise.
+    pub(crate) async fn org_write<'a>(
+        &'a self,
+        ctx: &'a RequestCtx,
+        org_id: &str,
+        authority: Authority,
+        effect: Effect,
+    ) -> AppResult<OrgWrite<'a>> {
+        let tx = self.store.write().await?;
+        let locked = match effect {
+            Effect::Decisions => orgs::lock(&*tx, org_id).await?,
+            Effect::Records => orgs::lock_unchanged(&*tx, org_id).await?,
+        };
+        let org = locked.ok_or_else(|| org_not_found(org_id))?;
+        let actor = match authority {
+            Authority::Permission(p) => self.authorize(&*tx, ctx, org_id, p).await?,
+            Authority::Membership { for_message } => {
+                self.acting_member(&*tx, ctx, org_id, for_message).await?
+            }
+        };
+        Ok(OrgWrite {
+            app: self,
+            ctx,
+            tx,
+            org,
+            actor,
+            effect,
+        })
+    }
+
+    /// After a commit: drops cached decisions of the orgs whose versions it bumped and wakes
+    /// this replica's change feed. Every write path ends here.
+    pub(crate) async fn committed(&self, bumped: &[(String, i64)]) {
+        for (org, version) in bumped {
+            self.decisions.invalidate_org(org, *version).await;
+        }
+        if let Some(wake) = self.on_commit.get() {
+            wake();
+        }
+    }
+}
+
+impl OrgWrite<'_> {
+    /// The transaction, for the use case's own reads and changes.
+    pub fn conn(&self) -> &Tx {
+        &self.tx
+    }
+
+    /// The actor's user id, as audit rows record it.
+    pub fn actor_id(&self) -> String {
+        self.actor.user_id.to_string()
+    }
+
+    /// Ends the write without a change: nothing is recorded, the version bump is undone.
+    pub fn unchanged(self) -> String {
+        token(&self.org)
+    }
+
+    /// Records `events` (audit log and change feed), commits, invalidates and wakes.
+    /// Returns the write's consistency token.
+    pub async fn commit(self, events: impl IntoIterator<Item = Event>) -> AppResult<String> {
+        let actor = self.actor_id();
+        self.app
+            .commit_org_events(self.tx, self.ctx, &self.org, &actor, events, self.effect)
+            .await
+    }
+}
+
+impl App {
+    /// The end of every org write: the audit rows (each also a change-feed row) in `tx`, the
+    /// commit, then invalidation (for [`Effect::Decisions`]) and the feed's wake-up. Used by
+    /// [`OrgWrite::commit`] and by the writes that make an org or join one by token.
+    pub(crate) async fn commit_org_events(
+        &self,
+        tx: WriteTx,
+        ctx: &RequestCtx,
+        org: &OrgRow,
+        actor: &str,
+        events: impl IntoIterator<Item = Event>,
+        effect: Effect,
+    ) -> AppResult<String> {
+        for e in events {
+            let row = self.audit_event(
+                ctx,
+                &org.id,
+                actor,
+                e.action,
+                &e.target,
+                (e.before, e.after),
+            );
+            audit::insert(&*tx, row).await?;
+        }
+        tx.commit().await?;
+        let bumped = match effect {
+            Effect::Decisions => vec![(org.id.clone(), org.version)],
+            Effect::Records => Vec::new(),
+        };
+        self.committed(&bumped).await;
+        Ok(token(org))
+    }
+}
