@@ -63,7 +63,7 @@ pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
     })
     .await
     .with_context(|| format!("connecting to {}", redact_url(url)))?;
-    if let (Some(schema), sea_orm::DbBackend::Postgres) = (&schema, store.backend()) {
+    if let (Some(schema), true) = (&schema, store.is_postgres()) {
         store
             .execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
             .await

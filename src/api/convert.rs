@@ -3,12 +3,12 @@
 use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
+use crate::app::audit::AuditEvent;
 use crate::app::invitations::InvitationView;
 use crate::app::orgs::{MemberView, OrgView};
 use crate::app::roles::RoleView;
 use crate::domain::invitation::InvitationStatus;
 use crate::proto::teamgate::v1 as pb;
-use crate::store::audit::AuditRow;
 
 pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
     Timestamp {
@@ -80,7 +80,7 @@ pub fn role(v: &RoleView) -> pb::Role {
     }
 }
 
-pub fn audit_event(r: &AuditRow) -> pb::AuditEvent {
+pub fn audit_event(r: &AuditEvent) -> pb::AuditEvent {
     pb::AuditEvent {
         id: r.id.clone(),
         org_id: r.org_id.clone(),

@@ -6,8 +6,8 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::app::AppError;
+use crate::app::StoreError;
 use crate::domain::DomainError;
-use crate::store::StoreError;
 
 pub const ERROR_DOMAIN: &str = "teamgate";
 

@@ -10,7 +10,7 @@ use super::convert::timestamp;
 use super::error::with_reason;
 use super::limits::IdentityLimits;
 use crate::app::App;
-use crate::app::identity::{SignInOutcome, UserRef, UserStatus};
+use crate::app::identity::{Account, SignInOutcome, UserRef, UserStatus};
 use crate::config::IdentityConfig;
 use crate::domain::DomainError;
 use crate::domain::email::Email;
@@ -18,7 +18,6 @@ use crate::domain::ids::UserId;
 use crate::domain::names::parse_name;
 use crate::proto::teamgate::v1 as pb;
 use crate::proto::teamgate::v1::identity_service_server::IdentityService;
-use crate::store::users::UserRow;
 
 /// Longest password, email or code accepted before any work is done.
 const MAX_INPUT_BYTES: usize = 1024;
@@ -58,8 +57,8 @@ impl IdentityApi {
     }
 }
 
-pub fn user(u: &UserRow) -> pb::User {
-    let status = match UserStatus::from_stored(&u.status) {
+pub fn user(u: &Account) -> pb::User {
+    let status = match u.status {
         UserStatus::Active => pb::UserStatus::Active,
         UserStatus::Disabled => pb::UserStatus::Disabled,
     };

@@ -13,6 +13,8 @@ use super::error::with_reason;
 use super::limits::FailureLimiter;
 use super::paging::{next_token, page_request, page_request_keyed};
 use crate::app::App;
+use crate::app::audit::AuditFilter;
+use crate::app::invitations::StatusFilter;
 use crate::app::invitations::{Acceptance, NewInvitation};
 use crate::app::orgs::{NewOrg, NewOwner, OrgChanges};
 use crate::app::roles::RoleDefinition;
@@ -23,8 +25,6 @@ use crate::domain::names::{parse_name, parse_optional_name};
 use crate::domain::roles::RoleKey;
 use crate::proto::teamgate::v1 as pb;
 use crate::proto::teamgate::v1::team_service_server::TeamService;
-use crate::store::audit::AuditFilter;
-use crate::store::invitations::StatusFilter;
 
 pub struct TeamApi {
     app: Arc<App>,

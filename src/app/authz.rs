@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use crate::store::Connection as ConnectionTrait;
 
 use super::{AppResult, Page, PageRequest};
 use crate::cache::DecisionCache;
@@ -18,8 +18,7 @@ pub use crate::domain::decision::{Freshness, Pair, Reason, Subject};
 use crate::domain::ids::{OrgId, UserId};
 use crate::domain::permission::{Permission, PermissionSet};
 use crate::domain::policy::Policy;
-use crate::store::entities::{memberships, organizations, roles, users};
-use crate::store::{Store, decode_permissions, orgs};
+use crate::store::{Store, decisions, decode_permissions, orgs, users};
 use crate::telemetry::metrics::Metrics;
 
 pub struct Decisions {
@@ -126,11 +125,7 @@ impl Decisions {
         let c = self.store.conn();
         let org_ids: Vec<String> = unique_strings(pairs.iter().map(|p| p.0.to_string()));
         let user_ids: Vec<String> = unique_strings(pairs.iter().map(|p| p.1.to_string()));
-        let org_rows = organizations::Entity::find()
-            .filter(organizations::Column::Id.is_in(org_ids.clone()))
-            .filter(organizations::Column::DeletedAt.is_null())
-            .all(c)
-            .await?;
+        let org_rows = decisions::live_orgs(c, &org_ids).await?;
         let require_mfa: HashSet<String> = org_rows
             .iter()
             .filter(|o| o.require_mfa)
@@ -139,24 +134,14 @@ impl Decisions {
         let versions: HashMap<String, i64> =
             org_rows.into_iter().map(|o| (o.id, o.version)).collect();
         let live: Vec<String> = versions.keys().cloned().collect();
-        let ms = if live.is_empty() {
-            Vec::new()
-        } else {
-            memberships::Entity::find()
-                .filter(memberships::Column::OrgId.is_in(live.clone()))
-                .filter(memberships::Column::UserId.is_in(user_ids.clone()))
-                .all(c)
-                .await?
-        };
+        let ms = decisions::memberships(c, &live, &user_ids).await?;
         // (disabled, has MFA) per user.
         let accounts: HashMap<String, (bool, bool)> = if live.is_empty() {
             HashMap::new()
         } else {
-            users::Entity::find()
-                .filter(users::Column::Id.is_in(user_ids))
-                .all(c)
+            users::find_many(c, &user_ids)
                 .await?
-                .into_iter()
+                .into_values()
                 .map(|u| {
                     let disabled = u.status == crate::app::identity::STATUS_DISABLED;
                     (u.id, (disabled, u.mfa_enabled))
@@ -220,10 +205,7 @@ impl Decisions {
             return Ok(HashMap::new());
         }
         let orgs: Vec<String> = unique_strings(needed.iter().map(|(o, _)| o.clone()));
-        let rows = roles::Entity::find()
-            .filter(roles::Column::OrgId.is_in(orgs))
-            .all(c)
-            .await?;
+        let rows = decisions::custom_roles(c, &orgs).await?;
         Ok(rows
             .into_iter()
             .filter(|r| needed.contains(&(r.org_id.clone(), r.key.clone())))

@@ -137,10 +137,36 @@ impl UserStatus {
     }
 }
 
+/// An account as callers see it: no password hash, no two-factor secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: String,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub status: UserStatus,
+    pub mfa_enabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&UserRow> for Account {
+    fn from(u: &UserRow) -> Account {
+        Account {
+            id: u.id.clone(),
+            email: u.email.clone(),
+            first_name: u.first_name.clone(),
+            last_name: u.last_name.clone(),
+            status: UserStatus::from_stored(&u.status),
+            mfa_enabled: u.mfa_enabled,
+            created_at: u.created_at,
+        }
+    }
+}
+
 /// A successful sign-in.
 #[derive(Debug, Clone)]
 pub struct SignIn {
-    pub user: UserRow,
+    pub user: Account,
     pub token: String,
     pub expires_at: DateTime<Utc>,
 }
@@ -290,7 +316,7 @@ impl App {
     }
 
     /// One audit row per live org of the user.
-    async fn audit_user<C: sea_orm::ConnectionTrait>(
+    async fn audit_user<C: crate::store::Connection>(
         &self,
         c: &C,
         ctx: &RequestCtx,
@@ -317,7 +343,7 @@ impl App {
     }
 
     /// Locks (and bumps the version of) every live org of the user, in id order.
-    async fn lock_user_orgs<C: sea_orm::ConnectionTrait>(
+    async fn lock_user_orgs<C: crate::store::Connection>(
         &self,
         c: &C,
         user_id: &str,
@@ -332,7 +358,7 @@ impl App {
     }
 
     /// Refuses while the account (or address) `subject` has had too many failures lately.
-    async fn ensure_not_throttled<C: sea_orm::ConnectionTrait>(
+    async fn ensure_not_throttled<C: crate::store::Connection>(
         &self,
         c: &C,
         subject: &str,
@@ -351,7 +377,7 @@ impl App {
     /// Reads an account for the platform operator, the user themselves, or a holder of
     /// `members.view` in one of the user's orgs; to anyone else it does not exist.
     #[tracing::instrument(skip_all)]
-    pub async fn get_user(&self, ctx: &RequestCtx, user: UserRef) -> AppResult<UserRow> {
+    pub async fn get_user(&self, ctx: &RequestCtx, user: UserRef) -> AppResult<Account> {
         let c = self.store.conn();
         if !ctx.operator
             && let Some(actor) = users::find(c, &ctx.actor()?.to_string()).await?
@@ -364,11 +390,11 @@ impl App {
         }
         .ok_or_else(user_hidden)?;
         if ctx.operator || ctx.actor.is_some_and(|a| a.to_string() == row.id) {
-            return Ok(row);
+            return Ok(Account::from(&row));
         }
         for org in ids_store::org_ids_of(c, &row.id).await? {
             if self.authorize(c, ctx, &org, "members.view").await.is_ok() {
-                return Ok(row);
+                return Ok(Account::from(&row));
             }
         }
         Err(user_hidden().into())
@@ -376,7 +402,7 @@ impl App {
 
     /// The user's own account, active, for calls a user makes about themselves; `lock` holds
     /// the row until the transaction ends.
-    async fn own_account<C: sea_orm::ConnectionTrait>(
+    async fn own_account<C: crate::store::Connection>(
         &self,
         c: &C,
         ctx: &RequestCtx,
@@ -405,7 +431,7 @@ impl App {
         user: UserId,
         first_name: Option<String>,
         last_name: Option<String>,
-    ) -> AppResult<UserRow> {
+    ) -> AppResult<Account> {
         let id = user.to_string();
         let tx = self.store.write().await?;
         let before = self
@@ -439,7 +465,7 @@ impl App {
         }
         tx.commit().await?;
         self.committed(&[]).await;
-        Ok(after)
+        Ok(Account::from(&after))
     }
 
     /// Disables or enables an account. The actor must manage the user in every organization
@@ -456,7 +482,7 @@ impl App {
         ctx: &RequestCtx,
         user: UserId,
         status: UserStatus,
-    ) -> AppResult<(UserRow, String)> {
+    ) -> AppResult<(Account, String)> {
         if ctx.actor == Some(user) {
             return Err(DomainError::denied(
                 "CANNOT_CHANGE_OWN_STATUS",
@@ -507,12 +533,12 @@ impl App {
         .await?;
         tx.commit().await?;
         self.committed(&locked).await;
-        Ok((after, tokens_for(&locked)))
+        Ok((Account::from(&after), tokens_for(&locked)))
     }
 
     /// The actor holds `members.manage` and outranks `target` in each of `orgs` (all of the
     /// target's orgs), and there is at least one.
-    async fn ensure_manages_everywhere<C: sea_orm::ConnectionTrait>(
+    async fn ensure_manages_everywhere<C: crate::store::Connection>(
         &self,
         c: &C,
         ctx: &RequestCtx,
@@ -706,7 +732,7 @@ impl App {
         };
         let token = session::sign(&seed, &kid, &claims);
         Ok(SignInOutcome::SignedIn(Box::new(SignIn {
-            user,
+            user: Account::from(&user),
             token,
             expires_at,
         })))

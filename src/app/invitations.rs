@@ -11,13 +11,15 @@ use crate::domain::email::Email;
 use crate::domain::ids::{InvitationId, OrgId, UserId};
 use crate::domain::invitation::{InvitationStatus, StoredState, ensure_seat_available};
 use crate::domain::token::{hash_secret, new_secret};
-use crate::store::invitations::{InvitationRow, StatusFilter};
+use crate::store::invitations::InvitationRow;
+
+use crate::store::Connection as ConnectionTrait;
+pub use crate::store::invitations::StatusFilter;
 use crate::store::members::MembershipRow;
 use crate::store::orgs::OrgRow;
 use crate::store::outbox::OutboxRow;
 use crate::store::users::UserRow;
 use crate::store::{invitations, members, orgs, outbox, users};
-use sea_orm::ConnectionTrait;
 
 #[derive(Debug, Clone)]
 pub struct NewInvitation {

@@ -12,8 +12,8 @@ mod write;
 
 use std::sync::Arc;
 
+use crate::store::Connection as ConnectionTrait;
 use chrono::{DateTime, Utc};
-use sea_orm::ConnectionTrait;
 use serde_json::Value;
 use thiserror::Error;
 
@@ -26,7 +26,10 @@ use crate::domain::policy::Policy;
 use crate::domain::roles::{Actor, ResolvedRole};
 use crate::store::audit::AuditRow;
 use crate::store::orgs::OrgRow;
-use crate::store::{self, Store, StoreError, decode_permissions};
+use crate::store::{self, Store, decode_permissions};
+
+/// Storage failures, as the transport maps them (unavailable, conflict, internal).
+pub use crate::store::StoreError;
 
 use self::authz::Decisions;
 
@@ -42,12 +45,6 @@ impl AppError {
     /// Whether this is the domain error with `reason`.
     pub fn has_reason(&self, reason: &str) -> bool {
         matches!(self, AppError::Domain(d) if d.reason() == reason)
-    }
-}
-
-impl From<sea_orm::DbErr> for AppError {
-    fn from(e: sea_orm::DbErr) -> Self {
-        AppError::Store(e.into())
     }
 }
 

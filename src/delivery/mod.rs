@@ -13,15 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio::sync::Notify;
 
 use crate::config::{MailConfig, MailSinkKind};
 use crate::domain::clock::Clock;
 use crate::domain::invitation::{InvitationStatus, StoredState};
 use crate::domain::token::hash_secret;
-use crate::store::entities::outbox as outbox_entity;
 use crate::store::{Store, StoreError, invitations, orgs, outbox};
 
 pub use email::{
@@ -182,28 +179,17 @@ impl Worker {
     /// run from several workers (replicas) at once: each message is claimed before sending.
     pub async fn deliver_due(&self) -> Result<usize, StoreError> {
         let now = self.clock.now();
-        let due = outbox_entity::Entity::find()
-            .filter(outbox_entity::Column::Kind.is_in([INVITATION_EMAIL, PASSWORD_RESET_EMAIL]))
-            .filter(outbox_entity::Column::DeliveredAt.is_null())
-            .filter(outbox_entity::Column::NextAttemptAt.lte(now))
-            .order_by_asc(outbox_entity::Column::NextAttemptAt)
-            .limit(self.settings.batch)
-            .all(self.store.conn())
-            .await?;
+        let due = outbox::due_of_kinds(
+            self.store.conn(),
+            &[INVITATION_EMAIL, PASSWORD_RESET_EMAIL],
+            now,
+            self.settings.batch,
+        )
+        .await?;
         let mut attempted = 0;
         for row in due {
-            // Claim by moving the next attempt past the lease, only if nobody else has.
-            let claimed = outbox_entity::Entity::update_many()
-                .col_expr(
-                    outbox_entity::Column::NextAttemptAt,
-                    Expr::value(now + chrono_duration(self.settings.lease)),
-                )
-                .filter(outbox_entity::Column::Id.eq(row.id.as_str()))
-                .filter(outbox_entity::Column::NextAttemptAt.eq(row.next_attempt_at))
-                .filter(outbox_entity::Column::DeliveredAt.is_null())
-                .exec(self.store.conn())
-                .await?;
-            if claimed.rows_affected == 0 {
+            let until = now + chrono_duration(self.settings.lease);
+            if !outbox::claim(self.store.conn(), &row, until).await? {
                 continue;
             }
             attempted += 1;

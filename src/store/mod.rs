@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod changes;
+pub mod decisions;
 pub mod drift;
 pub mod entities;
 pub mod error;
@@ -41,6 +42,9 @@ pub struct Store {
 }
 
 /// A write transaction. On SQLite it also holds the process-wide writer slot until dropped.
+/// What store functions run on: the pool or an open transaction.
+pub use sea_orm::ConnectionTrait as Connection;
+
 /// An open transaction, as the use cases hand it to store functions.
 pub type Tx = DatabaseTransaction;
 
@@ -112,6 +116,10 @@ impl Store {
             sqlite_writer,
             reachability: Arc::new(Reachability::for_url(&opts.url)),
         })
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.backend() == DbBackend::Postgres
     }
 
     pub fn backend(&self) -> DbBackend {

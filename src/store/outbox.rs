@@ -43,6 +43,40 @@ pub async fn backlog<C: ConnectionTrait>(c: &C) -> Result<u64, StoreError> {
         .await?)
 }
 
+/// Undelivered messages of `kinds` whose next attempt is due, oldest first.
+pub async fn due_of_kinds<C: ConnectionTrait>(
+    c: &C,
+    kinds: &[&str],
+    now: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<OutboxRow>, StoreError> {
+    Ok(outbox::Entity::find()
+        .filter(outbox::Column::Kind.is_in(kinds.iter().copied()))
+        .filter(outbox::Column::DeliveredAt.is_null())
+        .filter(outbox::Column::NextAttemptAt.lte(now))
+        .order_by_asc(outbox::Column::NextAttemptAt)
+        .limit(limit)
+        .all(c)
+        .await?)
+}
+
+/// Claims `row` for delivery by moving its next attempt to `until`, only if nobody else
+/// claimed it since it was read: several workers (replicas) can deliver at once.
+pub async fn claim<C: ConnectionTrait>(
+    c: &C,
+    row: &OutboxRow,
+    until: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let res = outbox::Entity::update_many()
+        .col_expr(outbox::Column::NextAttemptAt, Expr::value(until))
+        .filter(outbox::Column::Id.eq(row.id.as_str()))
+        .filter(outbox::Column::NextAttemptAt.eq(row.next_attempt_at))
+        .filter(outbox::Column::DeliveredAt.is_null())
+        .exec(c)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
 /// Undelivered messages whose next attempt is due, oldest first.
 pub async fn due<C: ConnectionTrait>(
     c: &C,

@@ -81,7 +81,9 @@ async fn accept_bad_token(
 async fn concurrent_valid_accepts_from_one_client_all_succeed(backend: Backend) {
     const ORGS: usize = 20;
     const PER_ORG: usize = 10;
-    let s = TestServer::spawn(backend).await;
+    // 200 writers queue for the test's small pool: give them time to get a connection on a
+    // busy machine, so only the limiter can fail them.
+    let s = TestServer::spawn_with(backend, |c| c.database.connect_timeout_ms = 60_000).await;
     let mut orgs = Vec::new();
     for i in 0..ORGS {
         orgs.push(s.org(&format!("Load {i}"), "business").await);
