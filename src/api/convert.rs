@@ -10,12 +10,7 @@ use crate::app::roles::RoleView;
 use crate::domain::invitation::InvitationStatus;
 use crate::proto::teamgate::v1 as pb;
 
-pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
+pub use crate::proto::timestamp;
 
 pub fn from_timestamp(t: &Timestamp) -> Option<DateTime<Utc>> {
     let nanos = u32::try_from(t.nanos).ok()?;

@@ -1,24 +1,13 @@
 //! The one mapping from the service's errors to gRPC statuses with `ErrorInfo` details.
 
-use std::collections::HashMap;
-
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::app::AppError;
 use crate::app::StoreError;
 use crate::domain::DomainError;
 
-pub const ERROR_DOMAIN: &str = "teamgate";
-
-fn status(code: Code, message: String, reason: &str, field: Option<&str>) -> Status {
-    let mut details = ErrorDetails::new();
-    details.set_error_info(reason, ERROR_DOMAIN, HashMap::<String, String>::new());
-    if let Some(field) = field {
-        details.add_bad_request_violation(field, message.clone());
-    }
-    Status::with_error_details(code, message, details)
-}
+use crate::proto::status::status;
+pub use crate::proto::status::{ERROR_DOMAIN, with_reason};
 
 impl From<DomainError> for Status {
     fn from(e: DomainError) -> Status {
@@ -93,8 +82,4 @@ impl From<AppError> for Status {
 /// A status for a request-level problem that is not a domain rule (sizes, limits).
 pub fn invalid(field: &str, reason: &str, message: impl Into<String>) -> Status {
     status(Code::InvalidArgument, message.into(), reason, Some(field))
-}
-
-pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Status {
-    status(code, message.into(), reason, None)
 }

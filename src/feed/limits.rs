@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tonic::{Code, Status};
 
-use crate::api::error::with_reason;
+use crate::proto::status::with_reason;
 
 /// Who a stream is counted against: the acting user when there is one (whatever key or
 /// connection they come through), else the service key, else the peer's address.

@@ -28,8 +28,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tower::{Layer, Service};
 
-use crate::api::auth::Scope;
 use crate::app::App;
+use crate::config::Scope;
 use crate::config::{AuthConfig, FeedConfig, FeedWebhookConfig};
 use crate::domain::clock::Clock;
 use crate::domain::consistency::ConsistencyToken;
@@ -82,7 +82,7 @@ pub fn event(row: &ChangeRow) -> pb::ChangeEvent {
         action: row.action.clone(),
         target: row.target.clone(),
         actor_user_id: row.actor_user_id.clone(),
-        occurred_at: Some(crate::api::convert::timestamp(row.occurred_at)),
+        occurred_at: Some(crate::proto::timestamp(row.occurred_at)),
         consistency_token,
     }
 }

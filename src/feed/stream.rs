@@ -18,10 +18,10 @@ use tonic::{Code, Status};
 use super::hub::{Batch, Msg};
 use super::limits::Slot;
 use super::{After, Feed, Stats, access};
-use crate::api::error::with_reason;
 use crate::app::{App, RequestCtx};
 use crate::domain::DomainError;
 use crate::domain::ids::OrgId;
+use crate::proto::status::with_reason;
 use crate::proto::teamgate::v1 as pb;
 use crate::store::changes::{self, ChangeRow};
 
