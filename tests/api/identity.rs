@@ -180,6 +180,33 @@ pub(crate) fn totp_code(secret_b32: &str, at: chrono::DateTime<chrono::Utc>) -> 
     format!("{:06}", n % 1_000_000)
 }
 
+/// Enrols `user` in two-factor sign-in and confirms it with a current code; returns the
+/// base32 secret and the confirmation's consistency token.
+pub(crate) async fn enable_two_factor(s: &TestServer, user: &str) -> (String, String) {
+    let enrolment = identity(s)
+        .enroll_totp(as_actor(
+            user,
+            pb::EnrollTotpRequest {
+                user_id: user.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let confirmed = identity(s)
+        .confirm_totp(as_actor(
+            user,
+            pb::ConfirmTotpRequest {
+                user_id: user.into(),
+                code: totp_code(&enrolment.secret, now(s)),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    (enrolment.secret, confirmed.consistency_token)
+}
+
 pub(crate) fn now(s: &TestServer) -> chrono::DateTime<chrono::Utc> {
     use teamgate::domain::clock::Clock;
     s.clock.now()
@@ -1216,28 +1243,11 @@ async fn totp_enrolment_and_orgs_requiring_mfa(backend: Backend) {
         Code::PermissionDenied,
         "MFA_REQUIRED",
     );
-    let owner_enrolment = identity(&s)
-        .enroll_totp(as_actor(
-            &owner,
-            pb::EnrollTotpRequest {
-                user_id: owner.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let confirmed = identity(&s)
-        .confirm_totp(as_actor(
-            &owner,
-            pb::ConfirmTotpRequest {
-                user_id: owner.clone(),
-                code: totp_code(&owner_enrolment.secret, now(&s)),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!confirmed.consistency_token.is_empty());
+    let (_, confirmed) = enable_two_factor(&s, &owner).await;
+    assert!(
+        !confirmed.is_empty(),
+        "a consistency token for the owner's orgs"
+    );
 
     // Turning the requirement off restores access.
     turn_off().await.unwrap();

@@ -13,8 +13,8 @@ use tonic::{Code, Request};
 
 use crate::helpers::{Backend, TestServer, as_actor, assert_error, unwrap_err};
 use crate::identity::{
-    cheap_hashing, identity, jwks, member_with_password, now, set_status, sign_in, totp_code,
-    verify_for,
+    cheap_hashing, enable_two_factor, identity, jwks, member_with_password, now, set_status,
+    sign_in, totp_code, verify_for,
 };
 use crate::on_both_backends;
 
@@ -60,6 +60,35 @@ fn keyed<T>(key: &str, actor: Option<&str>, message: T) -> Request<T> {
     req.metadata_mut()
         .insert("authorization", format!("Bearer {key}").parse().unwrap());
     req
+}
+
+/// Creates an org through a keyed server; returns (org id, owner id).
+async fn keyed_org(s: &TestServer, key: &str, name: &str, owner_email: &str) -> (String, String) {
+    let created = s
+        .team
+        .clone()
+        .create_organization(keyed(
+            key,
+            None,
+            pb::CreateOrganizationRequest {
+                name: name.into(),
+                owner_ref: Some(pb::create_organization_request::OwnerRef::Owner(
+                    pb::NewUser {
+                        email: owner_email.into(),
+                        first_name: "O".into(),
+                        last_name: String::new(),
+                    },
+                )),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    (
+        created.organization.unwrap().id,
+        created.owner.unwrap().user_id,
+    )
 }
 
 async fn email_of(s: &TestServer, user: &str) -> String {
@@ -178,49 +207,8 @@ async fn only_the_operator_changes_the_status_of_users_without_orgs(b: Backend) 
     })
     .await;
     let mut team = s.team.clone();
-    let created = team
-        .create_organization(keyed(
-            &backend_key,
-            None,
-            pb::CreateOrganizationRequest {
-                name: "Acme".into(),
-                owner_ref: Some(pb::create_organization_request::OwnerRef::Owner(
-                    pb::NewUser {
-                        email: "owner@example.com".into(),
-                        first_name: "O".into(),
-                        last_name: String::new(),
-                    },
-                )),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let org = created.organization.unwrap().id;
-    let owner = created.owner.unwrap().user_id;
-    let (other_org, other_owner) = {
-        let r = team
-            .create_organization(keyed(
-                &backend_key,
-                None,
-                pb::CreateOrganizationRequest {
-                    name: "Other".into(),
-                    owner_ref: Some(pb::create_organization_request::OwnerRef::Owner(
-                        pb::NewUser {
-                            email: "other@example.com".into(),
-                            first_name: "X".into(),
-                            last_name: String::new(),
-                        },
-                    )),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        (r.organization.unwrap().id, r.owner.unwrap().user_id)
-    };
+    let (org, owner) = keyed_org(&s, &backend_key, "Acme", "owner@example.com").await;
+    let (other_org, other_owner) = keyed_org(&s, &backend_key, "Other", "other@example.com").await;
     // The other org is deleted: its owner now belongs to no live org.
     team.delete_organization(keyed(
         &backend_key,
@@ -381,26 +369,7 @@ async fn actors_without_two_factor_manage_nothing_in_orgs_that_require_it(b: Bac
     let s = TestServer::spawn_with(b, cheap_hashing).await;
     let (org, owner) = s.org("Acme", "team").await;
     let admin = s.member(&org, &owner, "admin").await;
-    let owner_enrolment = identity(&s)
-        .enroll_totp(as_actor(
-            &owner,
-            pb::EnrollTotpRequest {
-                user_id: owner.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    identity(&s)
-        .confirm_totp(as_actor(
-            &owner,
-            pb::ConfirmTotpRequest {
-                user_id: owner.clone(),
-                code: totp_code(&owner_enrolment.secret, now(&s)),
-            },
-        ))
-        .await
-        .unwrap();
+    enable_two_factor(&s, &owner).await;
     s.team
         .clone()
         .update_organization(as_actor(
@@ -442,28 +411,8 @@ async fn actors_without_two_factor_manage_nothing_in_orgs_that_require_it(b: Bac
             .await,
     );
     assert_error(&err, Code::PermissionDenied, "MFA_REQUIRED");
-    let enrolment = identity(&s)
-        .enroll_totp(as_actor(
-            &admin,
-            pb::EnrollTotpRequest {
-                user_id: admin.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let confirmed = identity(&s)
-        .confirm_totp(as_actor(
-            &admin,
-            pb::ConfirmTotpRequest {
-                user_id: admin.clone(),
-                code: totp_code(&enrolment.secret, now(&s)),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!confirmed.consistency_token.is_empty());
+    let (_, confirmed) = enable_two_factor(&s, &admin).await;
+    assert!(!confirmed.is_empty());
     list().await.unwrap();
     s.stop().await;
 }
@@ -477,29 +426,7 @@ async fn inviters_never_see_tokens_where_email_delivers_them(b: Backend) {
         c.auth.keys = vec![key_cfg];
     })
     .await;
-    let created = s
-        .team
-        .clone()
-        .create_organization(keyed(
-            &key,
-            None,
-            pb::CreateOrganizationRequest {
-                name: "Acme".into(),
-                owner_ref: Some(pb::create_organization_request::OwnerRef::Owner(
-                    pb::NewUser {
-                        email: "owner@example.com".into(),
-                        first_name: "O".into(),
-                        last_name: String::new(),
-                    },
-                )),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let org = created.organization.unwrap().id;
-    let owner = created.owner.unwrap().user_id;
+    let (org, owner) = keyed_org(&s, &key, "Acme", "owner@example.com").await;
     let invited = s
         .team
         .clone()
@@ -868,27 +795,8 @@ async fn enrolled_user(s: &TestServer, email: &str) -> (String, String) {
     let user = member_with_password(s, &org, &owner, "member", email, Some(PASSWORD))
         .await
         .unwrap();
-    let enrolment = identity(s)
-        .enroll_totp(as_actor(
-            &user,
-            pb::EnrollTotpRequest {
-                user_id: user.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    identity(s)
-        .confirm_totp(as_actor(
-            &user,
-            pb::ConfirmTotpRequest {
-                user_id: user.clone(),
-                code: totp_code(&enrolment.secret, now(s)),
-            },
-        ))
-        .await
-        .unwrap();
-    (user, enrolment.secret)
+    let (secret, _) = enable_two_factor(s, &user).await;
+    (user, secret)
 }
 
 /// Two sign-ins racing with the same code: one gets in.
