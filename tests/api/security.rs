@@ -164,10 +164,17 @@ async fn rate_limit_per_key_and_load_shedding() {
     let data = TestServer::spawn(Backend::Sqlite).await;
     let (org, owner) = data.org("Slow", "").await;
     let s = data.replica_with(|c| c.server.request_timeout_ms = 1).await;
+    // Distinct users (the owner and strangers), so the consistent batch really reads 1,000
+    // subjects: one repeated pair would be deduplicated to a single read, which a lagging timer
+    // on a busy machine can let finish "within" 1 ms.
     let items: Vec<pb::CheckItem> = (0..1000)
         .map(|i| pb::CheckItem {
             org_id: org.clone(),
-            user_id: owner.clone(),
+            user_id: if i == 0 {
+                owner.clone()
+            } else {
+                uuid::Uuid::now_v7().to_string()
+            },
             permission: if i % 2 == 0 {
                 "members.view"
             } else {
