@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use super::identity::Account;
 use super::orgs::{MemberView, OrgView};
 use super::write::{Authority, Effect, Event, OrgWrite};
 use super::{App, AppResult, Page, PageRequest, RequestCtx, org_not_found};
@@ -467,7 +468,10 @@ impl App {
             .commit_org_events(tx, ctx, &org, &user.id, [accepted], Effect::Decisions)
             .await?;
         Ok((
-            MemberView { membership, user },
+            MemberView {
+                membership,
+                user: Account::from(&user),
+            },
             OrgView {
                 row: org,
                 member_count,

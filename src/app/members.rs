@@ -2,6 +2,7 @@
 
 use serde_json::json;
 
+use super::identity::Account;
 use super::orgs::MemberView;
 use super::write::{Authority, Effect, Event};
 use super::{App, AppResult, Page, PageRequest, RequestCtx};
@@ -42,7 +43,10 @@ impl App {
         .await?;
         let views = rows
             .into_iter()
-            .map(|(membership, user)| MemberView { membership, user })
+            .map(|(membership, user)| MemberView {
+                membership,
+                user: Account::from(&user),
+            })
             .collect();
         Ok(Page::from_overfetch(views, page.size, |m: &MemberView| {
             m.user.id.clone()
@@ -63,7 +67,7 @@ impl App {
             .ok_or_else(|| member_not_found(&org, &user))?;
         Ok(MemberView {
             membership,
-            user: user_row,
+            user: Account::from(&user_row),
         })
     }
 
@@ -90,7 +94,7 @@ impl App {
         let new_role = self.role_for_request(w.conn(), &org, role_key).await?;
         let before = MemberView {
             membership: membership.clone(),
-            user: user_row,
+            user: Account::from(&user_row),
         };
         if membership.role == new_role.key {
             return Ok((before, w.unchanged()));
@@ -151,7 +155,7 @@ impl App {
         members::delete(w.conn(), &org, &user).await?;
         let before = MemberView {
             membership,
-            user: user_row,
+            user: Account::from(&user_row),
         };
         w.commit(
             [Event::new("member.removed", format!("user:{user}")).before(member_json(&before))],
@@ -212,12 +216,12 @@ impl App {
             json!({"previous_owner": actor_id, "previous_role_of_new_owner": target_m.role});
         let mut previous = MemberView {
             membership: actor_m,
-            user: actor_u,
+            user: Account::from(&actor_u),
         };
         previous.membership.role = demoted_to.clone();
         let mut next = MemberView {
             membership: target_m,
-            user: target_u,
+            user: Account::from(&target_u),
         };
         next.membership.role = owner_role.to_owned();
         let token = w

@@ -2,6 +2,7 @@
 
 use serde_json::json;
 
+use super::identity::Account;
 use super::write::{Authority, Effect, Event};
 use super::{App, AppResult, Page, PageRequest, RequestCtx};
 use crate::domain::DomainError;
@@ -41,7 +42,8 @@ pub struct OrgView {
 #[derive(Debug, Clone)]
 pub struct MemberView {
     pub membership: MembershipRow,
-    pub user: UserRow,
+    /// The member's account, without its password hash or two-factor secret.
+    pub user: Account,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -153,7 +155,10 @@ impl App {
                 row: org,
                 member_count: 1,
             },
-            MemberView { membership, user },
+            MemberView {
+                membership,
+                user: Account::from(&user),
+            },
             t,
         ))
     }
