@@ -126,7 +126,10 @@ mod tests {
         // The signed data is "{timestamp}.{body}".
         assert_eq!(
             sig,
-            format!("sha256={}", hmac_hex(b"Jefe", b"0.what do ya want for nothing?"))
+            format!(
+                "sha256={}",
+                hmac_hex(b"Jefe", b"0.what do ya want for nothing?")
+            )
         );
         assert_ne!(sig, signature(b"Jefe", 1, b"what do ya want for nothing?"));
         assert_ne!(sig, signature(b"Jeff", 0, b"what do ya want for nothing?"));

@@ -125,9 +125,17 @@ mod tests {
         assert_eq!(verify(&secret, &code, now, Some(step)), None, "no replay");
         assert_eq!(verify(&secret, &code, now, Some(step - 1)), Some(step));
         let later = now + chrono::Duration::seconds(30);
-        assert_eq!(verify(&secret, &code, later, None), Some(step), "previous step");
+        assert_eq!(
+            verify(&secret, &code, later, None),
+            Some(step),
+            "previous step"
+        );
         let earlier = now - chrono::Duration::seconds(30);
-        assert_eq!(verify(&secret, &code, earlier, None), Some(step), "next step");
+        assert_eq!(
+            verify(&secret, &code, earlier, None),
+            Some(step),
+            "next step"
+        );
         assert!(verify(&secret, &code, now + chrono::Duration::seconds(120), None).is_none());
         assert!(verify(&secret, &format!(" {code} "), now, None).is_some());
         assert!(verify(&secret, "abcdef", now, None).is_none());

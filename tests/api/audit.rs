@@ -229,7 +229,11 @@ async fn failed_mutations_leave_no_trace(b: Backend) {
         before,
         "no audit row"
     );
-    assert_eq!(feed_rows(&s, &org).await, changes_before, "no change-feed row");
+    assert_eq!(
+        feed_rows(&s, &org).await,
+        changes_before,
+        "no change-feed row"
+    );
 
     // Without the trigger the same call goes through, audited: the trigger was the only cause.
     let drop = match b {

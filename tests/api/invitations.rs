@@ -1404,8 +1404,18 @@ async fn webhook_delivery_is_signed_and_retried(b: Backend) {
         // Signed exactly as the feed's webhooks are: the README's recipe accepts it, and
         // rejects another secret, another timestamp or another body.
         assert!(readme_verifies(SECRET, ts, header, &r.body));
-        assert!(!readme_verifies("another-secret-0123456789", ts, header, &r.body));
-        assert!(!readme_verifies(SECRET, &(ts_num + 1).to_string(), header, &r.body));
+        assert!(!readme_verifies(
+            "another-secret-0123456789",
+            ts,
+            header,
+            &r.body
+        ));
+        assert!(!readme_verifies(
+            SECRET,
+            &(ts_num + 1).to_string(),
+            header,
+            &r.body
+        ));
         assert!(!readme_verifies(SECRET, ts, header, b"{}"));
 
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();

@@ -58,7 +58,11 @@ macro_rules! reflection_test {
                 panic!("ListServices answered with something else")
             };
             let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-            let reflection = concat!("grpc.reflection.", stringify!($version), ".ServerReflection");
+            let reflection = concat!(
+                "grpc.reflection.",
+                stringify!($version),
+                ".ServerReflection"
+            );
             for want in SERVICES.into_iter().chain([reflection]) {
                 assert!(
                     names.iter().any(|n| n == want),
@@ -76,10 +80,17 @@ macro_rules! reflection_test {
                     .map(|b| prost_types::FileDescriptorProto::decode(b.as_slice()).unwrap())
                     .collect()
             };
-            let error_info =
-                files(ask(MessageRequest::FileContainingSymbol("google.rpc.ErrorInfo".into())).await);
+            let error_info = files(
+                ask(MessageRequest::FileContainingSymbol(
+                    "google.rpc.ErrorInfo".into(),
+                ))
+                .await,
+            );
             assert!(
-                error_info[0].message_type.iter().any(|m| m.name() == "ErrorInfo"),
+                error_info[0]
+                    .message_type
+                    .iter()
+                    .any(|m| m.name() == "ErrorInfo"),
                 "google.rpc.ErrorInfo must be resolvable"
             );
 
