@@ -42,6 +42,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         compiler.encode_file_descriptor_set(),
     )?;
 
+    // Envoy's ext_authz service is served with `envoy-types`' Rust types, which carry no
+    // descriptors: compile its protos (vendored, see proto/vendor/README.md) for reflection
+    // only, with no code generated.
+    let mut envoy = protox::Compiler::new(["proto/vendor", "proto"])?;
+    envoy.include_imports(true).include_source_info(true);
+    envoy.open_files(["envoy/service/auth/v3/external_auth.proto"])?;
+    fs::write(
+        out_dir.join("envoy_descriptor.bin"),
+        envoy.encode_file_descriptor_set(),
+    )?;
+
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

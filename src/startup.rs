@@ -218,6 +218,20 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
     }
 }
 
+/// Envoy's `envoy.service.auth.v3.Authorization` and what it imports, compiled by `build.rs`
+/// from proto/vendor: the `envoy-types` crate that serves it carries no descriptors.
+const ENVOY_FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("envoy_descriptor");
+
+/// Every service served, for reflection (v1 for current clients, v1alpha for grpcurl 1.8).
+/// Our descriptor set goes first: a file in two sets (`google/rpc/status.proto`) is served as
+/// first registered.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(ENVOY_FILE_DESCRIPTOR_SET)
+}
+
 pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Running> {
     let policy = Arc::new(load_policy(config.policy.as_deref())?);
     tracing::info!(policy = %policy.summary(), "policy loaded");
@@ -304,14 +318,8 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
         )),
     ];
     background.extend(feed.spawn_webhooks().await?);
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let max = config.server.max_message_bytes;
     let team = TeamServiceServer::new(TeamApi::new(app.clone()))

@@ -6,6 +6,7 @@
 //! the `[mail]` config section.
 
 pub mod email;
+pub mod signing;
 pub mod smtp;
 pub mod webhook;
 

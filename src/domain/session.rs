@@ -1,11 +1,19 @@
-//! Session tokens: JWTs signed with EdDSA (Ed25519), and the JWKS that verifies them.
+//! Session tokens: JWTs signed with EdDSA (Ed25519) by `jsonwebtoken`, and the JWKS entries
+//! that verify them. Keys are kept as their 32-byte Ed25519 seed (sealed at rest); the public key
+//! and the PKCS#8 form `jsonwebtoken` signs with are derived from it with `ed25519-dalek`.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, KeyAlgorithm,
+    OctetKeyPairParameters, OctetKeyPairType, PublicKeyUse,
+};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// What a session token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,61 +50,94 @@ pub fn kid_for(public: &str) -> String {
     URL_SAFE_NO_PAD.encode(&Sha256::digest(public.as_bytes())[..16])
 }
 
-/// Signs `claims` as a compact JWT.
+/// Signs `claims` as a compact JWT (`alg` EdDSA, `typ` JWT, `kid`).
+///
+/// Signing fails only for a key ring cannot read, which no 32-byte seed gives (the tests sign
+/// with random seeds); the token is then empty, which every verifier refuses.
 pub fn sign(seed: &[u8; 32], kid: &str, claims: &Claims) -> String {
-    let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid});
-    let payload = serde_json::to_vec(claims).unwrap_or_default();
-    let signing_input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(payload)
-    );
-    let signature = SigningKey::from_bytes(seed).sign(signing_input.as_bytes());
-    format!(
-        "{signing_input}.{}",
-        URL_SAFE_NO_PAD.encode(signature.to_bytes())
-    )
+    let Ok(der) = SigningKey::from_bytes(seed).to_pkcs8_der() else {
+        return String::new();
+    };
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(der.as_bytes()))
+        .unwrap_or_default()
 }
 
-/// One JWK for a public key.
+/// One JWK (RFC 8037 `OKP`/`Ed25519`) for a public key (base64url).
 pub fn jwk(kid: &str, public: &str) -> Value {
-    json!({
-        "kty": "OKP",
-        "crv": "Ed25519",
-        "alg": "EdDSA",
-        "use": "sig",
-        "kid": kid,
-        "x": public,
-    })
+    let jwk = Jwk {
+        common: CommonParameters {
+            public_key_use: Some(PublicKeyUse::Signature),
+            key_algorithm: Some(KeyAlgorithm::EdDSA),
+            key_id: Some(kid.to_owned()),
+            ..CommonParameters::default()
+        },
+        algorithm: AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+            key_type: OctetKeyPairType::OctetKeyPair,
+            curve: EllipticCurve::Ed25519,
+            x: public.to_owned(),
+        }),
+    };
+    serde_json::to_value(jwk).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+    use jsonwebtoken::{DecodingKey, Validation};
 
-    #[test]
-    fn signed_tokens_verify_with_the_public_key() {
-        let (seed, public) = new_key();
-        let kid = kid_for(&public);
-        let claims = Claims {
+    fn claims() -> Claims {
+        Claims {
             iss: "teamgate".into(),
-            aud: "teamgate".into(),
+            aud: "teamgate-api".into(),
             sub: "u".into(),
             email: "a@b.c".into(),
             orgs: vec!["o".into()],
             iat: 1,
-            exp: 2,
+            exp: 4_000_000_000,
             jti: "j".into(),
-        };
-        let token = sign(&seed, &kid, &claims);
-        let (input, sig) = token.rsplit_once('.').unwrap();
-        let key: [u8; 32] = URL_SAFE_NO_PAD.decode(&public).unwrap().try_into().unwrap();
-        let sig: [u8; 64] = URL_SAFE_NO_PAD.decode(sig).unwrap().try_into().unwrap();
-        VerifyingKey::from_bytes(&key)
-            .unwrap()
-            .verify(input.as_bytes(), &Signature::from_bytes(&sig))
-            .unwrap();
-        assert_eq!(jwk(&kid, &public)["kid"], kid.as_str());
+        }
+    }
+
+    fn verify(token: &str, jwk: &Value) -> jsonwebtoken::errors::Result<Claims> {
+        let jwk: Jwk = serde_json::from_value(jwk.clone()).unwrap();
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&["teamgate"]);
+        validation.set_audience(&["teamgate-api"]);
+        jsonwebtoken::decode(token, &DecodingKey::from_jwk(&jwk)?, &validation).map(|d| d.claims)
+    }
+
+    #[test]
+    fn signed_tokens_verify_with_their_jwk_only() {
+        for _ in 0..32 {
+            let (seed, public) = new_key();
+            let kid = kid_for(&public);
+            let token = sign(&seed, &kid, &claims());
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            assert_eq!(header.alg, Algorithm::EdDSA);
+            assert_eq!(header.kid.as_deref(), Some(kid.as_str()));
+            assert_eq!(header.typ.as_deref(), Some("JWT"));
+            let jwk = jwk(&kid, &public);
+            assert_eq!(verify(&token, &jwk).unwrap(), claims());
+
+            let (_, other) = new_key();
+            assert!(verify(&token, &super::jwk(&kid, &other)).is_err());
+            let (head, _) = token.rsplit_once('.').unwrap();
+            let forged = format!("{head}.{}", URL_SAFE_NO_PAD.encode([0u8; 64]));
+            assert!(verify(&forged, &jwk).is_err());
+        }
+    }
+
+    #[test]
+    fn jwk_is_an_ed25519_signing_key() {
+        let (_, public) = new_key();
+        let jwk = jwk("k1", &public);
+        assert_eq!(jwk["kty"], "OKP");
+        assert_eq!(jwk["crv"], "Ed25519");
+        assert_eq!(jwk["alg"], "EdDSA");
+        assert_eq!(jwk["use"], "sig");
+        assert_eq!(jwk["kid"], "k1");
+        assert_eq!(jwk["x"], public.as_str());
     }
 }

@@ -1,76 +1,60 @@
-//! TOTP (RFC 6238) over HOTP (RFC 4226): HMAC-SHA1, 6 digits, 30-second steps, accepting the
-//! previous and next step for clock drift and never the same step twice.
+//! TOTP (RFC 6238): HMAC-SHA1, 6 digits, 30-second steps, computed by `totp-rs`.
+//!
+//! What the crate leaves to us is the acceptance rule: the previous and next step count too (clock
+//! drift), and a step is accepted once only. `TOTP::check` answers yes or no and stops at the first
+//! match, so `verify` walks the window itself with the crate's `generate` to learn which step
+//! matched and to take the same time whichever did.
 
 use chrono::{DateTime, Utc};
-use data_encoding::BASE32_NOPAD;
-use hmac::{Hmac, Mac};
-use rand::RngCore;
-use sha1::Sha1;
+use subtle::ConstantTimeEq;
+use totp_rs::{Algorithm, Secret, TOTP};
 
-pub const STEP_SECS: i64 = 30;
-pub const DIGITS: u32 = 6;
-pub const SECRET_BYTES: usize = 20;
+pub const STEP_SECS: u64 = 30;
+pub const DIGITS: usize = 6;
+/// Steps either side of the current one that still count.
+const SKEW: u8 = 1;
 
-/// A new random secret.
-pub fn new_secret() -> Vec<u8> {
-    let mut bytes = vec![0u8; SECRET_BYTES];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes
+fn totp(secret: &[u8], issuer: Option<&str>, account: &str) -> TOTP {
+    // Unchecked: the checked constructor refuses a `:` in the issuer or account, which the
+    // otpauth URI percent-encodes anyway; the digits and secret length are ours and valid.
+    TOTP::new_unchecked(
+        Algorithm::SHA1,
+        DIGITS,
+        SKEW,
+        STEP_SECS,
+        secret.to_vec(),
+        issuer.map(str::to_owned),
+        account.to_owned(),
+    )
 }
 
-/// The secret as users type it into an authenticator app.
+/// A new random secret: 160 bits, as RFC 4226 recommends.
+pub fn new_secret() -> Vec<u8> {
+    match Secret::generate_secret() {
+        Secret::Raw(bytes) => bytes,
+        // generate_secret always returns raw bytes.
+        encoded @ Secret::Encoded(_) => encoded.to_bytes().unwrap_or_default(),
+    }
+}
+
+/// The secret as users type it into an authenticator app (base32, no padding).
 pub fn encode_secret(secret: &[u8]) -> String {
-    BASE32_NOPAD.encode(secret)
+    Secret::Raw(secret.to_vec()).to_encoded().to_string()
 }
 
 /// The enrolment URI that authenticator apps read from a QR code.
 pub fn otpauth_uri(issuer: &str, account: &str, secret: &[u8]) -> String {
-    let issuer_enc = percent_encode(issuer);
-    format!(
-        "otpauth://totp/{issuer_enc}:{}?secret={}&issuer={issuer_enc}&algorithm=SHA1&digits={DIGITS}&period={STEP_SECS}",
-        percent_encode(account),
-        encode_secret(secret),
-    )
+    totp(secret, Some(issuer), account).get_url()
 }
 
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'@') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// The HOTP value for one counter.
-pub fn hotp(secret: &[u8], counter: u64) -> u32 {
-    let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(secret) else {
-        return u32::MAX;
-    };
-    mac.update(&counter.to_be_bytes());
-    let digest = mac.finalize().into_bytes();
-    let offset = usize::from(digest[digest.len() - 1] & 0x0f);
-    let bin = (u32::from(digest[offset]) & 0x7f) << 24
-        | u32::from(digest[offset + 1]) << 16
-        | u32::from(digest[offset + 2]) << 8
-        | u32::from(digest[offset + 3]);
-    bin % 10u32.pow(DIGITS)
-}
-
-pub fn step_at(now: DateTime<Utc>) -> i64 {
-    now.timestamp().div_euclid(STEP_SECS)
+/// The step `now` falls in.
+pub fn step_at(now: DateTime<Utc>) -> u64 {
+    u64::try_from(now.timestamp()).unwrap_or(0) / STEP_SECS
 }
 
 /// The code an authenticator shows at `now`.
 pub fn code_at(secret: &[u8], now: DateTime<Utc>) -> String {
-    format!(
-        "{:0width$}",
-        hotp(secret, u64::try_from(step_at(now)).unwrap_or(0)),
-        width = DIGITS as usize
-    )
+    totp(secret, None, "").generate(step_at(now) * STEP_SECS)
 }
 
 /// Checks a code; returns the step it matched, which must be later than `last_used`.
@@ -81,54 +65,93 @@ pub fn verify(
     last_used: Option<i64>,
 ) -> Option<i64> {
     let code = code.trim();
-    if code.len() != DIGITS as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
+    if code.len() != DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
+    let totp = totp(secret, None, "");
     let current = step_at(now);
+    let skew = u64::from(SKEW);
     let mut matched = None;
-    // Check every candidate (no early exit) so timing says nothing about which one matched.
-    for step in [current - 1, current, current + 1] {
-        let Ok(counter) = u64::try_from(step) else {
-            continue;
-        };
-        let candidate = format!("{:0width$}", hotp(secret, counter), width = DIGITS as usize);
-        if constant_time_eq(candidate.as_bytes(), code.as_bytes()) && matched.is_none() {
-            matched = Some(step);
+    // Every candidate is computed and compared (no early exit), so timing says nothing about
+    // which one matched.
+    for step in current.saturating_sub(skew)..=current + skew {
+        let candidate = totp.generate(step * STEP_SECS);
+        if bool::from(candidate.as_bytes().ct_eq(code.as_bytes())) && matched.is_none() {
+            matched = i64::try_from(step).ok();
         }
     }
     matched.filter(|s| last_used.is_none_or(|last| *s > last))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(secs, 0).unwrap()
+    }
 
     #[test]
-    fn rfc4226_vectors() {
+    fn rfc6238_sha1_vectors() {
+        // RFC 6238 appendix B (SHA-1), truncated to our 6 digits.
         let secret = b"12345678901234567890";
-        let expected = [755224, 287082, 359152, 969429, 338314];
-        for (i, e) in expected.iter().enumerate() {
-            assert_eq!(hotp(secret, i as u64), *e);
+        for (time, code) in [
+            (59, "287082"),
+            (1_111_111_109, "081804"),
+            (1_111_111_111, "050471"),
+            (1_234_567_890, "005924"),
+            (2_000_000_000, "279037"),
+        ] {
+            assert_eq!(code_at(secret, at(time)), code, "at {time}");
+        }
+        // RFC 4226 appendix D: the HOTP values of counters 0..5 are the codes of steps 0..5.
+        for (step, code) in ["755224", "287082", "359152", "969429", "338314"]
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(code_at(secret, at(30 * step as i64)), *code);
         }
     }
 
     #[test]
     fn codes_verify_once_within_the_window() {
         let secret = new_secret();
+        assert_eq!(secret.len(), 20);
         let now = Utc::now();
         let code = code_at(&secret, now);
         let step = verify(&secret, &code, now, None).unwrap();
+        assert_eq!(u64::try_from(step).unwrap(), step_at(now));
         assert_eq!(verify(&secret, &code, now, Some(step)), None, "no replay");
-        assert!(verify(&secret, &code, now + chrono::Duration::seconds(30), None).is_some());
-        assert!(verify(&secret, &code, now + chrono::Duration::seconds(120), None).is_none());
-        assert!(verify(&secret, "abcdef", now, None).is_none());
-        assert!(
-            otpauth_uri("Team Gate", "a@b.c", &secret)
-                .starts_with("otpauth://totp/Team%20Gate:a@b.c?secret=")
+        assert_eq!(verify(&secret, &code, now, Some(step - 1)), Some(step));
+        let later = now + chrono::Duration::seconds(30);
+        assert_eq!(
+            verify(&secret, &code, later, None),
+            Some(step),
+            "previous step"
         );
+        let earlier = now - chrono::Duration::seconds(30);
+        assert_eq!(
+            verify(&secret, &code, earlier, None),
+            Some(step),
+            "next step"
+        );
+        assert!(verify(&secret, &code, now + chrono::Duration::seconds(120), None).is_none());
+        assert!(verify(&secret, &format!(" {code} "), now, None).is_some());
+        assert!(verify(&secret, "abcdef", now, None).is_none());
+        assert!(verify(&secret, "12345", now, None).is_none());
+    }
+
+    #[test]
+    fn secrets_are_base32_and_the_uri_names_issuer_and_account() {
+        let secret = b"12345678901234567890";
+        assert_eq!(encode_secret(secret), "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ");
+        assert_eq!(
+            otpauth_uri("Team Gate", "a@b.c", secret),
+            "otpauth://totp/Team%20Gate:a%40b.c?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ\
+             &issuer=Team%20Gate"
+        );
+        // A colon would split the label: it is encoded.
+        assert!(otpauth_uri("a:b", "x", secret).starts_with("otpauth://totp/a%3Ab:x?"));
     }
 }

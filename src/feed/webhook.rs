@@ -1,11 +1,8 @@
 //! Pushing the change feed to configured HTTP endpoints.
 //!
-//! Each change is one `POST` with `content-type: application/json`, the body being the
-//! `ChangeEvent` as JSON, and the headers
-//! - `x-teamgate-timestamp`: Unix seconds when it was signed;
-//! - `x-teamgate-signature`: `sha256=` + hex HMAC-SHA256, keyed with the endpoint's secret,
-//!   over `"{timestamp}.{body}"` (reject old timestamps to stop replays);
-//! - `x-teamgate-delivery`: the change's cursor, the same on every retry (drop duplicates by it).
+//! Each change is one `POST` of the `ChangeEvent` as JSON, signed and sent like every teamgate
+//! webhook (see [`crate::delivery::signing`]: `x-teamgate-timestamp`, `x-teamgate-signature:
+//! sha256=…`); `x-teamgate-delivery` is the change's cursor.
 //!
 //! Any 2xx answer counts as delivered; anything else is retried with exponential backoff.
 //! Every endpoint has its own task and its own position in `webhook_cursors`, so a failing
@@ -16,51 +13,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use bytes::Bytes;
-use hmac::{Hmac, Mac};
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
-use sha2::Sha256;
 
 use super::{Feed, encode_cursor};
 use crate::config::{FeedWebhookConfig, Secret};
+use crate::delivery::signing::{Delivery, WebhookClient, parse_url};
 use crate::store::changes::{self, ChangeRow};
-
-pub const TIMESTAMP_HEADER: &str = "x-teamgate-timestamp";
-pub const SIGNATURE_HEADER: &str = "x-teamgate-signature";
-pub const DELIVERY_HEADER: &str = "x-teamgate-delivery";
 
 const PAGE: u64 = 100;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpClient = WebhookClient;
 
-/// An HTTP/1.1 client for `https://` (web PKI roots) and `http://` endpoints.
+/// The client all endpoints share. Called once at start-up, where only a TLS set-up failure
+/// can stop it, and then no webhook could ever be delivered.
 pub fn client() -> HttpClient {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Client::builder(TokioExecutor::new()).build(https)
-}
-
-/// `sha256=<hex HMAC-SHA256(secret, "{timestamp}.{body}")>`.
-pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
-        return String::new();
-    };
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    let tag = mac.finalize().into_bytes();
-    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    WebhookClient::new().expect("building the webhook HTTP client")
 }
 
 /// The JSON body of a delivery.
@@ -94,54 +62,33 @@ pub fn body(row: &ChangeRow) -> Vec<u8> {
 /// One configured endpoint.
 pub struct Endpoint {
     pub(super) name: String,
-    uri: http::Uri,
+    url: reqwest::Url,
     secret: Secret,
     client: HttpClient,
 }
 
 impl Endpoint {
     pub fn new(c: &FeedWebhookConfig, client: HttpClient) -> anyhow::Result<Endpoint> {
-        let uri: http::Uri = c
-            .url
-            .trim()
-            .parse()
-            .with_context(|| format!("feed.webhooks `{}`: url is not a URL", c.name))?;
+        let url = parse_url(&c.url, &format!("feed.webhooks `{}`: url", c.name))?;
         Ok(Endpoint {
             name: c.name.trim().to_owned(),
-            uri,
+            url,
             secret: c.secret.clone(),
             client,
         })
     }
 
     async fn post(&self, feed: &Feed, row: &ChangeRow) -> Result<(), String> {
-        let body = body(row);
-        let timestamp = feed.clock.now().timestamp();
-        let request = http::Request::post(self.uri.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(
-                http::header::USER_AGENT,
-                concat!("teamgate/", env!("CARGO_PKG_VERSION")),
-            )
-            .header(TIMESTAMP_HEADER, timestamp.to_string())
-            .header(
-                SIGNATURE_HEADER,
-                signature(self.secret.expose().as_bytes(), timestamp, &body),
-            )
-            .header(DELIVERY_HEADER, encode_cursor(row.seq))
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("building the request: {e}"))?;
-        let response =
-            tokio::time::timeout(feed.settings.webhook_timeout, self.client.request(request))
-                .await
-                .map_err(|_| "timed out".to_owned())?
-                .map_err(|e| format!("{e}"))?;
-        let status = response.status();
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("answered HTTP {}", status.as_u16()))
-        }
+        self.client
+            .post(Delivery {
+                url: &self.url,
+                secret: &self.secret,
+                timestamp: feed.clock.now().timestamp(),
+                id: &encode_cursor(row.seq),
+                body: body(row),
+                timeout: feed.settings.webhook_timeout,
+            })
+            .await
     }
 }
 
@@ -264,18 +211,5 @@ async fn advance(feed: &Feed, name: &str, from: i64, to: i64) -> Option<i64> {
             tracing::warn!(webhook = %name, error = %e, "saving the webhook position failed");
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signature_is_hex_hmac_over_timestamp_and_body() {
-        let sig = signature(b"0123456789abcdef", 1_700_000_000, b"{}");
-        assert!(sig.starts_with("sha256="));
-        assert_eq!(sig.len(), "sha256=".len() + 64);
-        assert_ne!(sig, signature(b"0123456789abcdef", 1_700_000_001, b"{}"));
     }
 }

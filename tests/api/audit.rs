@@ -1,4 +1,5 @@
-//! The audit log: every mutation records an event in its own transaction.
+//! The audit log: every mutation records an event in its own transaction, and a failed
+//! audit undoes the mutation.
 
 use teamgate::proto::teamgate::v1 as pb;
 use tonic::Code;
@@ -188,5 +189,105 @@ async fn failed_mutations_leave_no_trace(b: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(m.role, "owner");
+
+    // A failure after the main write, before the commit: a trigger made here aborts the audit
+    // insert, but only once the member's new role is already written in the same transaction.
+    // If the audit row were written before the change, the trigger would not fire and the call
+    // would succeed; if it were written apart from it, the change would stay.
+    let member = s.member(&org, &owner, "member").await;
+    let before = events(&s, &owner, &org, Default::default()).await.len();
+    let changes_before = feed_rows(&s, &org).await;
+    for sql in fail_audit_after_role_change(b, &org, &member) {
+        s.app().store.execute_unprepared(&sql).await.unwrap();
+    }
+    let promote = || {
+        as_actor(
+            &owner,
+            pb::UpdateMemberRoleRequest {
+                org_id: org.clone(),
+                user_id: member.clone(),
+                role: "manager".into(),
+            },
+        )
+    };
+    let err = unwrap_err(s.team.clone().update_member_role(promote()).await);
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    let role = |s: &TestServer| {
+        let req = as_actor(
+            &owner,
+            pb::GetMemberRequest {
+                org_id: org.clone(),
+                user_id: member.clone(),
+            },
+        );
+        let mut team = s.team.clone();
+        async move { team.get_member(req).await.unwrap().into_inner().role }
+    };
+    assert_eq!(role(&s).await, "member", "the change was rolled back");
+    assert_eq!(
+        events(&s, &owner, &org, Default::default()).await.len(),
+        before,
+        "no audit row"
+    );
+    assert_eq!(
+        feed_rows(&s, &org).await,
+        changes_before,
+        "no change-feed row"
+    );
+
+    // Without the trigger the same call goes through, audited: the trigger was the only cause.
+    let drop = match b {
+        Backend::Sqlite => "DROP TRIGGER audit_fails_after_role_change",
+        Backend::Postgres => "DROP TRIGGER audit_fails_after_role_change ON audit_events",
+    };
+    s.app().store.execute_unprepared(drop).await.unwrap();
+    s.team.clone().update_member_role(promote()).await.unwrap();
+    assert_eq!(role(&s).await, "manager");
+    assert_eq!(
+        events(&s, &owner, &org, Default::default()).await.len(),
+        before + 1
+    );
+    assert_eq!(feed_rows(&s, &org).await, changes_before + 1);
     s.stop().await;
+}
+
+/// The org's rows in the change feed.
+async fn feed_rows(s: &TestServer, org: &str) -> i64 {
+    use sea_orm::{ConnectionTrait, Statement};
+    let c = s.app().store.conn();
+    let row = c
+        .query_one_raw(Statement::from_string(
+            c.get_database_backend(),
+            format!("SELECT COUNT(*) AS n FROM changes WHERE org_id = '{org}'"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get::<i64>("", "n").unwrap()
+}
+
+/// SQL creating `audit_fails_after_role_change`: inserting an audit row for `org` fails while
+/// `member` holds `manager`.
+fn fail_audit_after_role_change(b: Backend, org: &str, member: &str) -> Vec<String> {
+    let promoted = format!(
+        "(SELECT role FROM memberships WHERE org_id = '{org}' AND user_id = '{member}') = 'manager'"
+    );
+    match b {
+        Backend::Sqlite => vec![format!(
+            "CREATE TRIGGER audit_fails_after_role_change BEFORE INSERT ON audit_events \
+             WHEN NEW.org_id = '{org}' AND {promoted} \
+             BEGIN SELECT RAISE(ABORT, 'injected audit failure'); END"
+        )],
+        Backend::Postgres => vec![
+            format!(
+                "CREATE FUNCTION audit_fails_after_role_change() RETURNS trigger \
+                 LANGUAGE plpgsql AS $$ BEGIN \
+                 IF NEW.org_id = '{org}' AND {promoted} THEN \
+                 RAISE EXCEPTION 'injected audit failure'; END IF; RETURN NEW; END $$"
+            ),
+            "CREATE TRIGGER audit_fails_after_role_change BEFORE INSERT ON audit_events \
+             FOR EACH ROW EXECUTE FUNCTION audit_fails_after_role_change()"
+                .to_owned(),
+        ],
+    }
 }

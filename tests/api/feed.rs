@@ -16,7 +16,7 @@ use tonic::Code;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use crate::helpers::{Backend, TestServer, as_actor, assert_error, unwrap_err};
+use crate::helpers::{Backend, TestServer, as_actor, assert_error, readme_verifies, unwrap_err};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -609,6 +609,19 @@ async fn webhook_is_signed_and_retried(backend: Backend) {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(header(r, "x-teamgate-signature"), format!("sha256={want}"));
+        // The same recipe as every teamgate webhook (mail included), as the README gives it.
+        assert!(readme_verifies(
+            secret,
+            &ts,
+            &header(r, "x-teamgate-signature"),
+            &r.body
+        ));
+        assert!(!readme_verifies(
+            secret,
+            &ts,
+            &header(r, "x-teamgate-signature"),
+            &[r.body.as_slice(), b" "].concat()
+        ));
         assert_eq!(header(r, "content-type"), "application/json");
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body["org_id"], org.as_str());

@@ -484,6 +484,23 @@ impl Drop for ChildGuard {
     }
 }
 
+/// The README's webhook verification recipe, line for line: `sha256=` + hex HMAC-SHA256 of
+/// `"{timestamp}.{body}"` keyed with the secret. Mail and change-feed webhooks must both pass
+/// it, so a receiver written from the README accepts every teamgate webhook.
+pub fn readme_verifies(secret: &str, timestamp: &str, signature: &str, body: &[u8]) -> bool {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256={hex}") == signature
+}
+
 /// One HTTP request as the webhook receiver saw it.
 #[derive(Debug)]
 pub struct Received {

@@ -21,7 +21,8 @@ use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
 use crate::helpers::{
-    Backend, TestServer, as_actor, assert_error, repo_path, unwrap_err, webhook_receiver,
+    Backend, TestServer, as_actor, assert_error, readme_verifies, repo_path, unwrap_err,
+    webhook_receiver,
 };
 use crate::on_both_backends;
 
@@ -1388,9 +1389,8 @@ async fn webhook_delivery_is_signed_and_retried(b: Backend) {
         let ts = &r.headers["x-teamgate-timestamp"];
         let ts_num: i64 = ts.parse().unwrap();
         assert!((ts_num - chrono::Utc::now().timestamp()).abs() < 600);
-        let sig = r.headers["x-teamgate-signature"]
-            .strip_prefix("v1=")
-            .expect("v1= prefix");
+        let header = &r.headers["x-teamgate-signature"];
+        let sig = header.strip_prefix("sha256=").expect("sha256= prefix");
         let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
         mac.update(format!("{ts}.").as_bytes());
         mac.update(&r.body);
@@ -1401,6 +1401,22 @@ async fn webhook_delivery_is_signed_and_retried(b: Backend) {
         mac.update(format!("{ts}.").as_bytes());
         mac.update(&[r.body.as_slice(), b" "].concat());
         assert!(mac.verify_slice(&hex_decode(sig)).is_err());
+        // Signed exactly as the feed's webhooks are: the README's recipe accepts it, and
+        // rejects another secret, another timestamp or another body.
+        assert!(readme_verifies(SECRET, ts, header, &r.body));
+        assert!(!readme_verifies(
+            "another-secret-0123456789",
+            ts,
+            header,
+            &r.body
+        ));
+        assert!(!readme_verifies(
+            SECRET,
+            &(ts_num + 1).to_string(),
+            header,
+            &r.body
+        ));
+        assert!(!readme_verifies(SECRET, ts, header, b"{}"));
 
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body["type"], "invitation_email");

@@ -1,74 +1,195 @@
-//! The server itself: reflection (v1 and v1alpha), health, request ids, graceful shutdown.
+//! The server itself: reflection (v1 and v1alpha, Envoy's ext_authz included), health, request
+//! ids, graceful shutdown.
+
+use std::time::Duration;
 
 use teamgate::proto::teamgate::v1 as pb;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
 
 use crate::helpers::{Backend, TestServer};
 
-#[tokio::test]
-async fn reflection_lists_services_and_error_types() {
-    let s = TestServer::spawn(Backend::Sqlite).await;
-    let mut client = ServerReflectionClient::new(s.channel.clone());
-    let ask = |m: MessageRequest| ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(m),
+const SERVICES: [&str; 5] = [
+    "teamgate.v1.TeamService",
+    "teamgate.v1.AuthzService",
+    "teamgate.v1.IdentityService",
+    "envoy.service.auth.v3.Authorization",
+    "grpc.health.v1.Health",
+];
+
+/// One reflection test per protocol version: grpcurl 1.8 speaks v1alpha, newer clients v1.
+/// Both list every service, and resolve a symbol to its file and that file's imports by name,
+/// transitively, as grpcurl does for `describe`.
+macro_rules! reflection_test {
+    ($name:ident, $version:ident) => {
+        #[tokio::test]
+        async fn $name() {
+            use prost::Message;
+            use tonic_reflection::pb::$version::ServerReflectionRequest;
+            use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+
+            let s = TestServer::spawn(Backend::Sqlite).await;
+            let mut client = ServerReflectionClient::new(s.channel.clone());
+            // One request, one answer: its file descriptors, or panics naming the request.
+            let mut ask = async |m: MessageRequest| {
+                let what = format!("{m:?}");
+                let mut stream = client
+                    .server_reflection_info(tokio_stream::iter(vec![ServerReflectionRequest {
+                        host: String::new(),
+                        message_request: Some(m),
+                    }]))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                stream
+                    .message()
+                    .await
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("no answer to {what}"))
+                    .message_response
+                    .unwrap_or_else(|| panic!("empty answer to {what}"))
+            };
+
+            let MessageResponse::ListServicesResponse(list) =
+                ask(MessageRequest::ListServices(String::new())).await
+            else {
+                panic!("ListServices answered with something else")
+            };
+            let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+            let reflection = concat!(
+                "grpc.reflection.",
+                stringify!($version),
+                ".ServerReflection"
+            );
+            for want in SERVICES.into_iter().chain([reflection]) {
+                assert!(
+                    names.iter().any(|n| n == want),
+                    "{want} missing from {names:?}"
+                );
+            }
+
+            let files = |answer: MessageResponse| -> Vec<prost_types::FileDescriptorProto> {
+                let MessageResponse::FileDescriptorResponse(r) = answer else {
+                    panic!("not a file descriptor: {answer:?}")
+                };
+                assert!(!r.file_descriptor_proto.is_empty());
+                r.file_descriptor_proto
+                    .iter()
+                    .map(|b| prost_types::FileDescriptorProto::decode(b.as_slice()).unwrap())
+                    .collect()
+            };
+            let error_info = files(
+                ask(MessageRequest::FileContainingSymbol(
+                    "google.rpc.ErrorInfo".into(),
+                ))
+                .await,
+            );
+            assert!(
+                error_info[0]
+                    .message_type
+                    .iter()
+                    .any(|m| m.name() == "ErrorInfo"),
+                "google.rpc.ErrorInfo must be resolvable"
+            );
+
+            // Envoy's ext_authz, served from the envoy-types crate: its method and types, and
+            // every file it imports, resolve with no proto files on the client.
+            let mut pending: Vec<prost_types::FileDescriptorProto> = files(
+                ask(MessageRequest::FileContainingSymbol(
+                    "envoy.service.auth.v3.Authorization.Check".into(),
+                ))
+                .await,
+            );
+            let check = pending[0]
+                .service
+                .iter()
+                .find(|s| s.name() == "Authorization")
+                .and_then(|s| s.method.iter().find(|m| m.name() == "Check"))
+                .expect("the file declares Authorization.Check")
+                .clone();
+            assert_eq!(check.input_type(), ".envoy.service.auth.v3.CheckRequest");
+            assert_eq!(check.output_type(), ".envoy.service.auth.v3.CheckResponse");
+            for symbol in [
+                "envoy.service.auth.v3.CheckRequest",
+                "envoy.service.auth.v3.AttributeContext",
+                "envoy.config.core.v3.HeaderValueOption",
+            ] {
+                files(ask(MessageRequest::FileContainingSymbol(symbol.into())).await);
+            }
+            let mut seen = std::collections::HashSet::new();
+            while let Some(file) = pending.pop() {
+                if !seen.insert(file.name().to_owned()) {
+                    continue;
+                }
+                for import in &file.dependency {
+                    if !seen.contains(import) {
+                        pending.extend(files(
+                            ask(MessageRequest::FileByFilename(import.clone())).await,
+                        ));
+                    }
+                }
+            }
+            for want in [
+                "envoy/service/auth/v3/external_auth.proto",
+                "envoy/config/core/v3/base.proto",
+                "google/rpc/status.proto",
+                "validate/validate.proto",
+            ] {
+                assert!(seen.contains(want), "{want} not resolved: {seen:?}");
+            }
+            s.stop().await;
+        }
     };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::iter(vec![
-            ask(MessageRequest::ListServices(String::new())),
-            ask(MessageRequest::FileContainingSymbol(
-                "google.rpc.ErrorInfo".into(),
-            )),
-        ]))
-        .await
-        .unwrap()
-        .into_inner();
-    let first = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
-        panic!("unexpected {first:?}")
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in [
-        "teamgate.v1.TeamService",
-        "teamgate.v1.AuthzService",
-        "grpc.health.v1.Health",
-    ] {
-        assert!(
-            names.iter().any(|n| n == want),
-            "{want} missing from {names:?}"
-        );
-    }
-    let second = stream.message().await.unwrap().unwrap();
-    assert!(
-        matches!(
-            second.message_response,
-            Some(MessageResponse::FileDescriptorResponse(_))
-        ),
-        "google.rpc.ErrorInfo must be resolvable: {second:?}"
-    );
-    s.stop().await;
 }
 
-#[tokio::test]
+reflection_test!(reflection_lists_services_and_error_types, v1alpha);
+reflection_test!(reflection_v1_lists_services_and_error_types, v1);
+
+/// Health answers SERVING for the server and each service; on shutdown every watcher hears
+/// NOT_SERVING while the server still drains, before it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_serves_then_drains() {
-    let s = TestServer::spawn(Backend::Sqlite).await;
+    let mut s = TestServer::spawn(Backend::Sqlite).await;
     let mut health = HealthClient::new(s.channel.clone());
-    for service in ["", "teamgate.v1.TeamService", "teamgate.v1.AuthzService"] {
-        let r = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(r.status(), ServingStatus::Serving);
+    let services = [
+        "",
+        "teamgate.v1.TeamService",
+        "teamgate.v1.AuthzService",
+        "teamgate.v1.IdentityService",
+        "envoy.service.auth.v3.Authorization",
+    ];
+    let mut watches = Vec::new();
+    for service in services {
+        let request = || tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        };
+        let r = health.check(request()).await.unwrap().into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving, "{service:?}");
+        // Opened before the shutdown: a new call during the drain would be refused.
+        let mut watch = health.watch(request()).await.unwrap().into_inner();
+        let first = watch.message().await.unwrap().unwrap();
+        assert_eq!(first.status(), ServingStatus::Serving, "{service:?}");
+        watches.push(watch);
     }
-    s.stop().await;
+
+    let shutdown = tokio::spawn(s.running.take().unwrap().shutdown());
+    for (service, watch) in services.iter().zip(&mut watches) {
+        let next = tokio::time::timeout(Duration::from_secs(1), watch.message())
+            .await
+            .unwrap_or_else(|_| panic!("{service:?}: no health change within 1s of the shutdown"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.status(), ServingStatus::NotServing, "{service:?}");
+    }
+    // The open watches are calls in flight: the drain waits for them until its timeout
+    // (2 s in tests), so the server is still up when they hear NOT_SERVING.
+    assert!(
+        !shutdown.is_finished(),
+        "NOT_SERVING must be announced during the drain, not after it"
+    );
+    shutdown.await.unwrap().unwrap();
 }
 
 /// `teamgate health`, the container image's health check: the real binary asks a real server.
