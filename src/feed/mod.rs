@@ -3,14 +3,16 @@
 //! consumer resumes after its last cursor across restarts.
 //!
 //! One shared reader per replica (`hub`) reads the table after every change committed through
-//! this replica (the [`WakeLayer`] notifies after each mutating call returns) and every
-//! `feed.poll_interval_ms`, and fans the changes out to the open streams in memory, so the
-//! database load does not grow with the number of streams. Streams are capped per caller and
-//! per server (`limits`).
+//! this replica (the [`WakeLayer`] notifies after each mutating call returns), after every
+//! change another replica announces (PostgreSQL `LISTEN`/`NOTIFY`, `notify`), and every
+//! `feed.poll_interval_ms` as a fallback, and fans the changes out to the open streams in
+//! memory, so the database load does not grow with the number of streams. Streams are capped
+//! per caller and per server (`limits`).
 
 pub mod access;
 pub mod hub;
 pub mod limits;
+pub mod notify;
 pub mod stream;
 pub mod webhook;
 
@@ -35,23 +37,35 @@ use crate::domain::clock::Clock;
 use crate::domain::consistency::ConsistencyToken;
 use crate::domain::ids::OrgId;
 use crate::proto::teamgate::v1 as pb;
-use crate::store::changes::{self, ChangeRow};
+use crate::store::changes::{self, ChangeRow, Position};
 use crate::store::{Store, StoreError};
 
 pub use stream::FeedStream;
 
-/// Cursor prefix; the rest is the change's sequence number.
+/// Cursor of a change written before the commit-order migration (and of every change on
+/// SQLite, whose positions are sequence numbers): `c1.<seq>`.
 pub const CURSOR_PREFIX: &str = "c1.";
+/// Cursor of a change ordered by PostgreSQL's transaction ids: `c2.<pos>.<seq>`.
+pub const CURSOR_PREFIX_V2: &str = "c2.";
 
-pub fn encode_cursor(seq: i64) -> String {
-    format!("{CURSOR_PREFIX}{seq}")
+/// Old `c1.` cursors name the same place they always did (every newer change sorts after
+/// them), so consumers resume across the migration with no gap.
+pub fn encode_cursor(p: Position) -> String {
+    if p.pos == 0 {
+        format!("{CURSOR_PREFIX}{}", p.seq)
+    } else {
+        format!("{CURSOR_PREFIX_V2}{}.{}", p.pos, p.seq)
+    }
 }
 
-pub fn parse_cursor(raw: &str) -> Option<i64> {
-    raw.strip_prefix(CURSOR_PREFIX)?
-        .parse::<i64>()
-        .ok()
-        .filter(|n| *n >= 0)
+pub fn parse_cursor(raw: &str) -> Option<Position> {
+    let number = |n: &str| n.parse::<i64>().ok().filter(|n| *n >= 0);
+    if let Some(seq) = raw.strip_prefix(CURSOR_PREFIX) {
+        return Some(Position::new(0, number(seq)?));
+    }
+    let (pos, seq) = raw.strip_prefix(CURSOR_PREFIX_V2)?.split_once('.')?;
+    let pos = number(pos).filter(|p| *p > 0)?;
+    Some(Position::new(pos, number(seq)?))
 }
 
 /// Where a stream starts.
@@ -60,7 +74,7 @@ pub enum After {
     /// Changes committed from now on.
     Now,
     /// Changes after this cursor.
-    Cursor(i64),
+    Cursor(Position),
     /// Changes after the one that produced this consistency token.
     Token(ConsistencyToken),
 }
@@ -77,7 +91,7 @@ pub fn event(row: &ChangeRow) -> pb::ChangeEvent {
         })
         .unwrap_or_default();
     pb::ChangeEvent {
-        cursor: encode_cursor(row.seq),
+        cursor: encode_cursor(Position::of(row)),
         org_id: row.org_id.clone(),
         action: row.action.clone(),
         target: row.target.clone(),
@@ -161,6 +175,7 @@ pub struct Feed {
     stats: Arc<Stats>,
     hub: Arc<hub::Hub>,
     slots: Arc<limits::Slots>,
+    link: Arc<notify::Link>,
 }
 
 impl Feed {
@@ -187,6 +202,7 @@ impl Feed {
             stats: Arc::new(Stats::default()),
             hub: Arc::new(hub::Hub::default()),
             slots: limits::Slots::new(config.max_streams_per_caller, config.max_streams),
+            link: Arc::new(notify::Link::default()),
         })
     }
 
@@ -199,9 +215,16 @@ impl Feed {
         self.open || key.is_some_and(|k| self.admin_keys.contains(k))
     }
 
-    /// Wakes streams and webhook deliveries to look for new changes now.
+    /// Wakes this replica's streams and webhook deliveries to look for new changes now.
     pub fn wake(&self) {
         self.wake.notify_waiters();
+    }
+
+    /// Something may have been committed through this replica: wakes its own reader and
+    /// webhooks, and (PostgreSQL) tells the other replicas.
+    pub fn committed(&self) {
+        self.wake();
+        self.link.poke();
     }
 
     /// Ends every stream (with UNAVAILABLE, so consumers reconnect elsewhere) and stops
@@ -229,8 +252,9 @@ impl Feed {
         }
     }
 
-    /// Deletes changes older than the retention window now; returns the pruned-through seq.
-    pub async fn prune_now(&self) -> Result<i64, StoreError> {
+    /// Deletes changes older than the retention window now; returns the pruned-through
+    /// position.
+    pub async fn prune_now(&self) -> Result<Position, StoreError> {
         let retention = chrono::Duration::from_std(self.settings.retention)
             .unwrap_or_else(|_| chrono::Duration::days(7));
         changes::prune(&self.store, self.clock.now() - retention).await
@@ -284,15 +308,25 @@ impl Feed {
 #[derive(Clone)]
 pub struct FeedHandle(pub Arc<Feed>);
 
-/// Does a call to this gRPC path possibly commit a change?
+/// Does a call to this gRPC path possibly commit a change to the feed? Sign-ins and password
+/// resets never do (they stay in the audit log), so authentication load wakes no reader.
 fn may_mutate(path: &str) -> bool {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let service = parts.next().unwrap_or("");
     let method = parts.next().unwrap_or("");
-    matches!(
-        service,
-        "teamgate.v1.TeamService" | "teamgate.v1.IdentityService"
-    ) && !(method.starts_with("Get") || method.starts_with("List") || method.starts_with("Watch"))
+    let reads =
+        method.starts_with("Get") || method.starts_with("List") || method.starts_with("Watch");
+    match service {
+        "teamgate.v1.TeamService" => !reads,
+        "teamgate.v1.IdentityService" => {
+            !reads
+                && !matches!(
+                    method,
+                    "Authenticate" | "RequestPasswordReset" | "ResetPassword" | "EnrollTotp"
+                )
+        }
+        _ => false,
+    }
 }
 
 #[derive(Clone)]
@@ -337,9 +371,15 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let resp = inner.call(req).await;
-            // Unary handlers return after their transaction committed.
-            if let Some(feed) = wake {
-                feed.wake();
+            // Unary handlers return after their transaction committed. A refused call
+            // (grpc-status in the headers: a trailers-only error) committed nothing.
+            let failed = resp.as_ref().is_ok_and(|r| {
+                r.headers()
+                    .get("grpc-status")
+                    .is_some_and(|s| s.as_bytes() != b"0")
+            });
+            if let (Some(feed), false) = (wake, failed) {
+                feed.committed();
             }
             resp
         })
@@ -352,10 +392,18 @@ mod tests {
 
     #[test]
     fn cursors_round_trip() {
-        assert_eq!(parse_cursor(&encode_cursor(42)), Some(42));
+        let old = Position::new(0, 42);
+        assert_eq!(encode_cursor(old), "c1.42");
+        assert_eq!(parse_cursor("c1.42"), Some(old));
+        let new = Position::new(7_000_123, 9);
+        assert_eq!(encode_cursor(new), "c2.7000123.9");
+        assert_eq!(parse_cursor(&encode_cursor(new)), Some(new));
         assert_eq!(parse_cursor("c1.-1"), None);
         assert_eq!(parse_cursor("42"), None);
         assert_eq!(parse_cursor("c1.x"), None);
+        assert_eq!(parse_cursor("c2.0.5"), None);
+        assert_eq!(parse_cursor("c2.5"), None);
+        assert_eq!(parse_cursor("c2.5.-1"), None);
     }
 
     #[test]
@@ -364,5 +412,7 @@ mod tests {
         assert!(!may_mutate("/teamgate.v1.TeamService/ListMembers"));
         assert!(!may_mutate("/teamgate.v1.TeamService/WatchChanges"));
         assert!(!may_mutate("/teamgate.v1.AuthzService/Check"));
+        assert!(may_mutate("/teamgate.v1.IdentityService/SetUserStatus"));
+        assert!(!may_mutate("/teamgate.v1.IdentityService/Authenticate"));
     }
 }
