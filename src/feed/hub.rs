@@ -132,6 +132,7 @@ impl Feed {
         let mut closing = self.closing();
         let mut failures = 0u32;
         let mut pending_wait = PENDING_FIRST;
+        let mut retrying = false;
         loop {
             if *closing.borrow() {
                 return;
@@ -146,6 +147,9 @@ impl Feed {
                     Ok(page) => {
                         failures = 0;
                         self.stats.shared_reads.fetch_add(1, Ordering::Relaxed);
+                        if std::mem::take(&mut retrying) {
+                            self.stats.pending_reads.fetch_add(1, Ordering::Relaxed);
+                        }
                         if page.pruned_past(from) {
                             // Jump past the gap with a batch that starts after it: streams
                             // behind it re-read the table, which tells each whether its own
@@ -192,7 +196,7 @@ impl Feed {
             };
             tokio::select! {
                 _ = &mut notified => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(wait) => retrying = pending,
                 _ = closing.changed() => {}
             }
         }

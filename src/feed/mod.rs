@@ -133,6 +133,7 @@ pub struct Stats {
     produced: AtomicU64,
     emitted: AtomicU64,
     shared_reads: AtomicU64,
+    pending_reads: AtomicU64,
     catch_up_reads: AtomicU64,
     reauthorized: AtomicU64,
     lagged: AtomicU64,
@@ -153,6 +154,9 @@ pub struct StatsSnapshot {
     /// Reads of the `changes` table by the shared reader (one per wake-up, whatever the
     /// number of streams).
     pub shared_reads: u64,
+    /// Of those, reads again shortly after one that found committed changes still above the
+    /// watermark (waiting for older transactions, possibly of other deployments, to end).
+    pub pending_reads: u64,
     /// Reads of the `changes` table by single streams catching up from an older position.
     pub catch_up_reads: u64,
     /// Times a stream re-authorized its actor because of a change that might revoke access.
@@ -246,6 +250,7 @@ impl Feed {
             produced: self.stats.produced.load(Ordering::Relaxed),
             emitted: self.stats.emitted.load(Ordering::Relaxed),
             shared_reads: self.stats.shared_reads.load(Ordering::Relaxed),
+            pending_reads: self.stats.pending_reads.load(Ordering::Relaxed),
             catch_up_reads: self.stats.catch_up_reads.load(Ordering::Relaxed),
             reauthorized: self.stats.reauthorized.load(Ordering::Relaxed),
             lagged: self.stats.lagged.load(Ordering::Relaxed),

@@ -80,6 +80,12 @@ impl MigrationTrait for Migration {
         Ok(())
     }
 
+    /// On SQLite too: the table is rebuilt, which must happen all at once (and on one
+    /// connection, whose schema then cannot be a stale snapshot of another's).
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
         // Going back would need the counter to be rebuilt from commit order, which only this
         // version knows: restore from a backup instead.
