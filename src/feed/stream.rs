@@ -220,6 +220,7 @@ impl Producer {
         // only fill up (and lag) while the table is read.
         let mut behind = hub.position() > self.covered;
         let mut live: Option<(broadcast::Receiver<Msg>, Position)> = None;
+        let mut stalled = super::hub::PENDING_FIRST;
         loop {
             if *self.closing.borrow() {
                 self.last_word(shutting_down());
@@ -237,7 +238,22 @@ impl Producer {
                 }
                 waiting => {
                     live = waiting;
-                    self.catch_up().await.map(|full| behind = full)
+                    let before = self.covered;
+                    let step = self.catch_up().await.map(|full| behind = full);
+                    if step.is_ok() && self.covered == before {
+                        // The table cannot give more yet: the reader is ahead of the watermark
+                        // (a stream started from a consistency token above it, or a write
+                        // transaction is still open). Wait instead of reading in a loop.
+                        let wait = stalled.min(self.feed.settings.poll_interval);
+                        stalled = (stalled * 2).min(super::hub::PENDING_MAX);
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = self.closing.changed() => {}
+                        }
+                    } else {
+                        stalled = super::hub::PENDING_FIRST;
+                    }
+                    step
                 }
             };
             match step {

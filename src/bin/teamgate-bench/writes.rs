@@ -192,7 +192,7 @@ fn row(backend: &str, name: &str, writers: usize, m: &Measured, duration: Durati
 }
 
 fn role_for(t: &Target, i: u64) -> &'static str {
-    if (i % 2 == 0) != t.starts_manager {
+    if i.is_multiple_of(2) != t.starts_manager {
         "manager"
     } else {
         "member"
