@@ -306,7 +306,7 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
     );
     // Commits wake the feed at once (other replicas' commits are found by polling).
     let waker = feed.clone();
-    let _ = app.on_commit.set(Box::new(move || waker.wake()));
+    let _ = app.on_commit.set(Box::new(move || waker.committed()));
     let mut background = vec![
         tokio::spawn(outbox.clone().run()),
         tokio::spawn(feed.clone().run_pruner(app.clone())),

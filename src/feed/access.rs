@@ -44,6 +44,8 @@ mod tests {
             actor_user_id: "x".into(),
             occurred_at: chrono::Utc::now(),
             org_version: 1,
+            pos: 0,
+            xid: 0,
         }
     }
 

@@ -3,14 +3,16 @@
 //! consumer resumes after its last cursor across restarts.
 //!
 //! One shared reader per replica (`hub`) reads the table after every change committed through
-//! this replica (`App::on_commit` wakes it after each commit) and every
-//! `feed.poll_interval_ms`, and fans the changes out to the open streams in memory, so the
-//! database load does not grow with the number of streams. Streams are capped per caller and
-//! per server (`limits`).
+//! this replica (`App::on_commit` calls [`Feed::committed`] after each commit), after every
+//! change another replica announces (PostgreSQL `LISTEN`/`NOTIFY`, `notify`), and every
+//! `feed.poll_interval_ms` as a fallback, and fans the changes out to the open streams in
+//! memory, so the database load does not grow with the number of streams. Streams are capped
+//! per caller and per server (`limits`).
 
 pub mod access;
 pub mod hub;
 pub mod limits;
+pub mod notify;
 pub mod stream;
 pub mod webhook;
 
@@ -35,23 +37,35 @@ use crate::domain::clock::Clock;
 use crate::domain::consistency::ConsistencyToken;
 use crate::domain::ids::OrgId;
 use crate::proto::teamgate::v1 as pb;
-use crate::store::changes::{self, ChangeRow};
+use crate::store::changes::{self, ChangeRow, Position};
 use crate::store::{Store, StoreError};
 
 pub use stream::FeedStream;
 
-/// Cursor prefix; the rest is the change's sequence number.
+/// Cursor of a change written before the commit-order migration (and of every change on
+/// SQLite, whose positions are sequence numbers): `c1.<seq>`.
 pub const CURSOR_PREFIX: &str = "c1.";
+/// Cursor of a change ordered by PostgreSQL's transaction ids: `c2.<pos>.<seq>`.
+pub const CURSOR_PREFIX_V2: &str = "c2.";
 
-pub fn encode_cursor(seq: i64) -> String {
-    format!("{CURSOR_PREFIX}{seq}")
+/// Old `c1.` cursors name the same place they always did (every newer change sorts after
+/// them), so consumers resume across the migration with no gap.
+pub fn encode_cursor(p: Position) -> String {
+    if p.pos == 0 {
+        format!("{CURSOR_PREFIX}{}", p.seq)
+    } else {
+        format!("{CURSOR_PREFIX_V2}{}.{}", p.pos, p.seq)
+    }
 }
 
-pub fn parse_cursor(raw: &str) -> Option<i64> {
-    raw.strip_prefix(CURSOR_PREFIX)?
-        .parse::<i64>()
-        .ok()
-        .filter(|n| *n >= 0)
+pub fn parse_cursor(raw: &str) -> Option<Position> {
+    let number = |n: &str| n.parse::<i64>().ok().filter(|n| *n >= 0);
+    if let Some(seq) = raw.strip_prefix(CURSOR_PREFIX) {
+        return Some(Position::new(0, number(seq)?));
+    }
+    let (pos, seq) = raw.strip_prefix(CURSOR_PREFIX_V2)?.split_once('.')?;
+    let pos = number(pos).filter(|p| *p > 0)?;
+    Some(Position::new(pos, number(seq)?))
 }
 
 /// Where a stream starts.
@@ -60,7 +74,7 @@ pub enum After {
     /// Changes committed from now on.
     Now,
     /// Changes after this cursor.
-    Cursor(i64),
+    Cursor(Position),
     /// Changes after the one that produced this consistency token.
     Token(ConsistencyToken),
 }
@@ -77,7 +91,7 @@ pub fn event(row: &ChangeRow) -> pb::ChangeEvent {
         })
         .unwrap_or_default();
     pb::ChangeEvent {
-        cursor: encode_cursor(row.seq),
+        cursor: encode_cursor(Position::of(row)),
         org_id: row.org_id.clone(),
         action: row.action.clone(),
         target: row.target.clone(),
@@ -119,6 +133,7 @@ pub struct Stats {
     produced: AtomicU64,
     emitted: AtomicU64,
     shared_reads: AtomicU64,
+    pending_reads: AtomicU64,
     catch_up_reads: AtomicU64,
     reauthorized: AtomicU64,
     lagged: AtomicU64,
@@ -139,6 +154,9 @@ pub struct StatsSnapshot {
     /// Reads of the `changes` table by the shared reader (one per wake-up, whatever the
     /// number of streams).
     pub shared_reads: u64,
+    /// Of those, reads again shortly after one that found committed changes still above the
+    /// watermark (waiting for older transactions, possibly of other deployments, to end).
+    pub pending_reads: u64,
     /// Reads of the `changes` table by single streams catching up from an older position.
     pub catch_up_reads: u64,
     /// Times a stream re-authorized its actor because of a change that might revoke access.
@@ -161,6 +179,7 @@ pub struct Feed {
     stats: Arc<Stats>,
     hub: Arc<hub::Hub>,
     slots: Arc<limits::Slots>,
+    link: Arc<notify::Link>,
 }
 
 impl Feed {
@@ -187,6 +206,7 @@ impl Feed {
             stats: Arc::new(Stats::default()),
             hub: Arc::new(hub::Hub::default()),
             slots: limits::Slots::new(config.max_streams_per_caller, config.max_streams),
+            link: Arc::new(notify::Link::default()),
         })
     }
 
@@ -199,9 +219,16 @@ impl Feed {
         self.open || key.is_some_and(|k| self.admin_keys.contains(k))
     }
 
-    /// Wakes streams and webhook deliveries to look for new changes now.
+    /// Wakes this replica's streams and webhook deliveries to look for new changes now.
     pub fn wake(&self) {
         self.wake.notify_waiters();
+    }
+
+    /// Something may have been committed through this replica: wakes its own reader and
+    /// webhooks, and (PostgreSQL) tells the other replicas.
+    pub fn committed(&self) {
+        self.wake();
+        self.link.poke();
     }
 
     /// Ends every stream (with UNAVAILABLE, so consumers reconnect elsewhere) and stops
@@ -223,14 +250,16 @@ impl Feed {
             produced: self.stats.produced.load(Ordering::Relaxed),
             emitted: self.stats.emitted.load(Ordering::Relaxed),
             shared_reads: self.stats.shared_reads.load(Ordering::Relaxed),
+            pending_reads: self.stats.pending_reads.load(Ordering::Relaxed),
             catch_up_reads: self.stats.catch_up_reads.load(Ordering::Relaxed),
             reauthorized: self.stats.reauthorized.load(Ordering::Relaxed),
             lagged: self.stats.lagged.load(Ordering::Relaxed),
         }
     }
 
-    /// Deletes changes older than the retention window now; returns the pruned-through seq.
-    pub async fn prune_now(&self) -> Result<i64, StoreError> {
+    /// Deletes changes older than the retention window now; returns the pruned-through
+    /// position.
+    pub async fn prune_now(&self) -> Result<Position, StoreError> {
         let retention = chrono::Duration::from_std(self.settings.retention)
             .unwrap_or_else(|_| chrono::Duration::days(7));
         changes::prune(&self.store, self.clock.now() - retention).await
@@ -334,9 +363,17 @@ mod tests {
 
     #[test]
     fn cursors_round_trip() {
-        assert_eq!(parse_cursor(&encode_cursor(42)), Some(42));
+        let old = Position::new(0, 42);
+        assert_eq!(encode_cursor(old), "c1.42");
+        assert_eq!(parse_cursor("c1.42"), Some(old));
+        let new = Position::new(7_000_123, 9);
+        assert_eq!(encode_cursor(new), "c2.7000123.9");
+        assert_eq!(parse_cursor(&encode_cursor(new)), Some(new));
         assert_eq!(parse_cursor("c1.-1"), None);
         assert_eq!(parse_cursor("42"), None);
         assert_eq!(parse_cursor("c1.x"), None);
+        assert_eq!(parse_cursor("c2.0.5"), None);
+        assert_eq!(parse_cursor("c2.5"), None);
+        assert_eq!(parse_cursor("c2.5.-1"), None);
     }
 }

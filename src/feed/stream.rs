@@ -3,8 +3,12 @@
 //!
 //! A stream starting behind the shared reader (an old cursor) first reads the table on its
 //! own, in pages, until it has caught up; then it subscribes to the reader and takes its
-//! batches, skipping what it already sent. Which rows it already sent is one number,
-//! `covered`: every change with `seq <= covered` was either sent or is of another org.
+//! batches, skipping what it already sent. Which rows it already sent is one position,
+//! `covered`: every change at or before it was either sent or is of another org.
+//!
+//! A stream "from now" on PostgreSQL starts at the watermark (every change below it is
+//! final), and until it has passed the snapshot's `xmax` also skips the changes of
+//! transactions that snapshot saw as ended: they committed before the stream opened.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,7 +27,7 @@ use crate::domain::DomainError;
 use crate::domain::ids::OrgId;
 use crate::proto::status::with_reason;
 use crate::proto::teamgate::v1 as pb;
-use crate::store::changes::{self, ChangeRow};
+use crate::store::changes::{self, ChangeRow, Position, Snapshot};
 
 /// The most changes a catching-up stream reads from the database at once.
 const PAGE: usize = 100;
@@ -63,7 +67,7 @@ impl Drop for FeedStream {
     }
 }
 
-fn out_of_range(after: i64, pruned_through: i64) -> Status {
+fn out_of_range(after: Position, pruned_through: Position) -> Status {
     with_reason(
         Code::OutOfRange,
         "CURSOR_EXPIRED",
@@ -123,9 +127,24 @@ impl Feed {
         }
         let conn = self.store.conn();
         let extent = changes::extent(conn).await?;
+        let mut skip = None;
         let start = match after {
-            After::Now => extent.head,
-            After::Cursor(c) => c,
+            After::Now => {
+                skip = extent.snapshot.clone();
+                extent.head
+            }
+            After::Cursor(c) => {
+                if !extent.knows(c) {
+                    return Err(DomainError::invalid_because(
+                        "after",
+                        "UNKNOWN_CURSOR",
+                        "`after` is ahead of this change feed: pass a cursor this deployment returned",
+                    )
+                    .into());
+                }
+                c
+            }
+            // Taken from the table itself; it may sit above the watermark, which is fine.
             After::Token(t) => {
                 match changes::position_of_version(conn, &t.org.to_string(), t.version).await? {
                     Some(p) => p,
@@ -140,14 +159,6 @@ impl Feed {
                 }
             }
         };
-        if start > extent.head {
-            return Err(DomainError::invalid_because(
-                "after",
-                "UNKNOWN_CURSOR",
-                "`after` is ahead of this change feed: pass a cursor this deployment returned",
-            )
-            .into());
-        }
         if start < extent.pruned_through {
             return Err(out_of_range(start, extent.pruned_through));
         }
@@ -171,6 +182,7 @@ impl Feed {
             org: org.map(|o| o.to_string()),
             actor,
             covered: start,
+            skip,
             tx,
         };
         tokio::spawn(producer.run());
@@ -194,7 +206,9 @@ struct Producer {
     org: Option<String>,
     /// The actor as a change target (`user:…`), for org streams that re-authorize.
     actor: Option<String>,
-    covered: i64,
+    covered: Position,
+    /// Streams from now: changes of transactions this snapshot saw as ended came before.
+    skip: Option<Snapshot>,
     tx: mpsc::Sender<Item>,
     closing: watch::Receiver<bool>,
 }
@@ -205,7 +219,8 @@ impl Producer {
         // Behind the reader: read the table before subscribing, or the subscription would
         // only fill up (and lag) while the table is read.
         let mut behind = hub.position() > self.covered;
-        let mut live: Option<(broadcast::Receiver<Msg>, i64)> = None;
+        let mut live: Option<(broadcast::Receiver<Msg>, Position)> = None;
+        let mut stalled = super::hub::PENDING_FIRST;
         loop {
             if *self.closing.borrow() {
                 self.last_word(shutting_down());
@@ -223,7 +238,22 @@ impl Producer {
                 }
                 waiting => {
                     live = waiting;
-                    self.catch_up().await.map(|full| behind = full)
+                    let before = self.covered;
+                    let step = self.catch_up().await.map(|full| behind = full);
+                    if step.is_ok() && self.covered == before {
+                        // The table cannot give more yet: the reader is ahead of the watermark
+                        // (a stream started from a consistency token above it, or a write
+                        // transaction is still open). Wait instead of reading in a loop.
+                        let wait = stalled.min(self.feed.settings.poll_interval);
+                        stalled = (stalled * 2).min(super::hub::PENDING_MAX);
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = self.closing.changed() => {}
+                        }
+                    } else {
+                        stalled = super::hub::PENDING_FIRST;
+                    }
+                    step
                 }
             };
             match step {
@@ -256,7 +286,21 @@ impl Producer {
     }
 
     fn wanted(&self, row: &ChangeRow) -> bool {
-        row.seq > self.covered && self.org.as_deref().is_none_or(|o| o == row.org_id)
+        Position::of(row) > self.covered
+            && self.org.as_deref().is_none_or(|o| o == row.org_id)
+            && !self.skip.as_ref().is_some_and(|s| s.had_ended(row.xid))
+    }
+
+    /// Moves `covered` forward; past the snapshot's `xmax` nothing is skipped any more.
+    fn cover(&mut self, to: Position) {
+        self.covered = std::cmp::max(self.covered, to);
+        if self
+            .skip
+            .as_ref()
+            .is_some_and(|s| self.covered >= Position::below(s.xmax))
+        {
+            self.skip = None;
+        }
     }
 
     /// Re-authorizes the actor if one of `rows` may have taken their access away.
@@ -319,13 +363,13 @@ impl Producer {
                 page.extent.pruned_through,
             ))));
         }
-        let rows: Vec<&ChangeRow> = page.rows.iter().collect();
+        let rows: Vec<&ChangeRow> = page.rows.iter().filter(|r| self.wanted(r)).collect();
         self.still_allowed(&rows).await?;
         let next = page.next_position(self.covered, limit);
-        for (row, permit) in page.rows.iter().zip(permits) {
+        for (row, permit) in rows.iter().zip(permits) {
             self.send(permit, Ok(super::event(row)));
         }
-        self.covered = std::cmp::max(self.covered, next);
+        self.cover(next);
         self.org_deleted(&rows)?;
         Ok(page.rows.len() as u64 >= limit)
     }
@@ -374,9 +418,9 @@ impl Producer {
                 return Err(Stop::End(None));
             };
             self.send(permit, Ok(super::event(row)));
-            self.covered = row.seq;
+            self.covered = Position::of(row);
         }
-        self.covered = std::cmp::max(self.covered, batch.through);
+        self.cover(batch.through);
         self.org_deleted(&rows)
     }
 }

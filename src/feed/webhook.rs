@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::{Feed, encode_cursor};
 use crate::config::{FeedWebhookConfig, Secret};
 use crate::delivery::signing::{Delivery, WebhookClient, parse_url};
-use crate::store::changes::{self, ChangeRow};
+use crate::store::changes::{self, ChangeRow, Position};
 
 const PAGE: u64 = 100;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -46,7 +46,7 @@ pub struct Body<'a> {
 pub fn body(row: &ChangeRow) -> Vec<u8> {
     let event = super::event(row);
     let body = Body {
-        cursor: encode_cursor(row.seq),
+        cursor: encode_cursor(Position::of(row)),
         org_id: &row.org_id,
         action: &row.action,
         target: &row.target,
@@ -84,7 +84,7 @@ impl Endpoint {
                 url: &self.url,
                 secret: &self.secret,
                 timestamp: feed.clock.now().timestamp(),
-                id: &encode_cursor(row.seq),
+                id: &encode_cursor(Position::of(row)),
                 body: body(row),
                 timeout: feed.settings.webhook_timeout,
             })
@@ -103,7 +103,7 @@ async fn deliver(feed: &Feed, endpoint: &Endpoint, row: &ChangeRow) -> bool {
             Err(e) => {
                 tracing::warn!(
                     webhook = %endpoint.name,
-                    cursor = %encode_cursor(row.seq),
+                    cursor = %encode_cursor(Position::of(row)),
                     attempt,
                     retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
                     error = %e,
@@ -120,8 +120,13 @@ async fn deliver(feed: &Feed, endpoint: &Endpoint, row: &ChangeRow) -> bool {
     }
 }
 
-/// Loads (or creates, at the feed's head) the endpoint's delivery position.
-pub(super) async fn position(feed: &Feed, name: &str) -> Result<i64, crate::store::StoreError> {
+/// Loads (or creates, at the feed's head) the endpoint's delivery position. On PostgreSQL the
+/// head is the watermark, so changes committed just before may be delivered too (delivery is
+/// at least once anyway).
+pub(super) async fn position(
+    feed: &Feed,
+    name: &str,
+) -> Result<Position, crate::store::StoreError> {
     let conn = feed.store.conn();
     if let Some(p) = changes::webhook_cursor(conn, name).await? {
         return Ok(p);
@@ -131,11 +136,12 @@ pub(super) async fn position(feed: &Feed, name: &str) -> Result<i64, crate::stor
 }
 
 /// Delivers an endpoint's changes in order, forever (until shutdown).
-pub async fn run(feed: Arc<Feed>, endpoint: Endpoint, from: i64) {
+pub async fn run(feed: Arc<Feed>, endpoint: Endpoint, from: Position) {
     let endpoint = Arc::new(endpoint);
     let mut closing = feed.closing();
     let poll = feed.settings.poll_interval;
     let mut at = Some(from);
+    let mut pending_wait = super::hub::PENDING_FIRST;
     loop {
         if *closing.borrow() {
             return;
@@ -176,20 +182,30 @@ pub async fn run(feed: Arc<Feed>, endpoint: Endpoint, from: i64) {
             continue;
         }
         if page.rows.is_empty() {
+            // Committed changes above the watermark are read again shortly, not at the poll.
+            let wait = if page.extent.pending {
+                let w = pending_wait.min(poll);
+                pending_wait = (pending_wait * 2).min(super::hub::PENDING_MAX);
+                w
+            } else {
+                poll
+            };
             tokio::select! {
                 _ = &mut notified => {}
-                _ = tokio::time::sleep(poll) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = closing.changed() => {}
             }
             continue;
         }
+        pending_wait = super::hub::PENDING_FIRST;
         let mut current = from;
         for row in &page.rows {
             if !deliver(&feed, &endpoint, row).await {
                 return;
             }
-            match advance(&feed, &endpoint.name, current, row.seq).await {
-                Some(p) if p == row.seq => current = p,
+            let to = Position::of(row);
+            match advance(&feed, &endpoint.name, current, to).await {
+                Some(p) if p == to => current = p,
                 // Another replica moved the position (or the database failed): reload it.
                 _ => {
                     at = None;
@@ -202,7 +218,7 @@ pub async fn run(feed: Arc<Feed>, endpoint: Endpoint, from: i64) {
 }
 
 /// Moves the stored position; `Some(to)` on success, `None` when it must be reloaded.
-async fn advance(feed: &Feed, name: &str, from: i64, to: i64) -> Option<i64> {
+async fn advance(feed: &Feed, name: &str, from: Position, to: Position) -> Option<Position> {
     match changes::advance_webhook_cursor(feed.store.conn(), name, from, to, feed.clock.now()).await
     {
         Ok(true) => Some(to),

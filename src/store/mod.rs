@@ -11,6 +11,7 @@ pub mod identity;
 pub mod invitations;
 pub mod members;
 pub mod migrations;
+pub mod notify;
 pub mod orgs;
 pub mod outbox;
 pub mod reachability;

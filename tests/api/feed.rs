@@ -16,6 +16,8 @@ use tonic::Code;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
+use teamgate::store::changes::Position;
+
 use crate::helpers::{Backend, TestServer, as_actor, assert_error, readme_verifies, unwrap_err};
 use crate::on_both_backends;
 
@@ -39,11 +41,9 @@ on_both_backends!(
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn seq(cursor: &str) -> i64 {
-    cursor
-        .strip_prefix("c1.")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("not a cursor: {cursor}"))
+/// A cursor's place in the feed (cursors are opaque to clients; tests may look inside).
+fn pos(cursor: &str) -> Position {
+    teamgate::feed::parse_cursor(cursor).unwrap_or_else(|| panic!("not a cursor: {cursor}"))
 }
 
 async fn watch(
@@ -124,14 +124,15 @@ async fn audit(s: &TestServer, org: &str, actor: &str) -> Vec<pb::AuditEvent> {
     out
 }
 
-/// Cursors strictly increase by one (an all-org feed has no holes).
+/// Cursors strictly increase (no duplicate, no going back). That nothing is missing is shown
+/// against the audit log, which has every committed change: cursors are not consecutive
+/// numbers on PostgreSQL.
 #[track_caller]
-fn assert_contiguous(events: &[pb::ChangeEvent]) {
+fn assert_increasing(events: &[pb::ChangeEvent]) {
     for w in events.windows(2) {
-        assert_eq!(
-            seq(&w[1].cursor),
-            seq(&w[0].cursor) + 1,
-            "gap or duplicate between {} and {}",
+        assert!(
+            pos(&w[1].cursor) > pos(&w[0].cursor),
+            "duplicate or out of order: {} then {}",
             w[0].cursor,
             w[1].cursor
         );
@@ -167,7 +168,7 @@ async fn resume_after_disconnect_has_no_gap_or_duplicate(backend: Backend) {
     let mut stream = watch(&s.team, &owner, &org, &first[3].cursor).await;
     let rest = next_n(&mut stream, 6).await;
     let all: Vec<_> = first.into_iter().chain(rest).collect();
-    assert_contiguous(&all);
+    assert_increasing(&all);
     let all_tokens: Vec<&str> = all.iter().map(|e| e.consistency_token.as_str()).collect();
     assert_eq!(
         all_tokens, tokens,
@@ -182,9 +183,10 @@ async fn resume_after_disconnect_has_no_gap_or_duplicate(backend: Backend) {
     assert_matches_audit(&all, &audit[1..]);
 
     // Nothing more is pending: a mutation now is the very next event.
-    rename(&s.team, &org, &owner, "Acme last").await;
+    let last = rename(&s.team, &org, &owner, "Acme last").await;
     let next = next_n(&mut stream, 1).await;
-    assert_eq!(seq(&next[0].cursor), seq(&all[9].cursor) + 1);
+    assert_eq!(next[0].consistency_token, last);
+    assert!(pos(&next[0].cursor) > pos(&all[9].cursor));
 
     // Resuming from a consistency token starts with the change that produced its version.
     let member = s.member(&org, &owner, "member").await;
@@ -209,11 +211,18 @@ async fn resume_after_disconnect_has_no_gap_or_duplicate(backend: Backend) {
     assert_eq!(after_token[0].action, "member.role_changed");
     assert_eq!(after_token[0].consistency_token, role_token);
     assert_eq!(after_token[1].action, "organization.updated");
+    let mut from_last = watch(&s.team, &owner, &org, &next[0].cursor).await;
+    let between = next_n(&mut from_last, 3).await;
+    let actions: Vec<&str> = between.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(
-        seq(&after_token[0].cursor),
-        seq(&next[0].cursor) + 3,
-        "invited, accepted, role changed"
+        actions,
+        [
+            "member.invited",
+            "invitation.accepted",
+            "member.role_changed"
+        ]
     );
+    assert_eq!(between[2], after_token[0]);
     s.stop().await;
 }
 
@@ -243,7 +252,7 @@ async fn two_replicas_serve_one_feed(backend: Backend) {
     let a = next_n(&mut on_s, 7).await;
     let b = next_n(&mut on_r, 7).await;
     assert_eq!(a, b, "both replicas serve the same feed");
-    assert_contiguous(&a);
+    assert_increasing(&a);
     assert_eq!(a[6].action, "member.removed");
     assert_eq!(a[6].target, format!("user:{member}"));
     let audit = audit(&s, &org, &owner).await;
@@ -288,7 +297,7 @@ async fn restart_in_between_loses_nothing(backend: Backend) {
     let mut resumed = watch(&r.team, &owner, &org, &seen[1].cursor).await;
     let rest = next_n(&mut resumed, 3).await;
     let all: Vec<_> = seen.into_iter().chain(rest).collect();
-    assert_contiguous(&all);
+    assert_increasing(&all);
     let audit = audit(&r, &org, &owner).await;
     assert_matches_audit(&all, &audit[1..]);
     r.stop().await;
@@ -319,7 +328,7 @@ async fn concurrent_mutations_get_increasing_cursors(backend: Backend) {
         t.await.unwrap();
     }
     let events = next_n(&mut all, 8 * per_task).await;
-    assert_contiguous(&events);
+    assert_increasing(&events);
     for (org, owner) in &orgs {
         let mine: Vec<_> = events
             .iter()
@@ -357,7 +366,7 @@ async fn pruned_cursor_is_out_of_range(backend: Backend) {
     rename(&s.team, &org, &owner, "Acme later").await;
     let feed = s.running.as_ref().unwrap().feed.clone();
     let pruned = feed.prune_now().await.unwrap();
-    assert_eq!(pruned, seq(&old[2].cursor));
+    assert_eq!(pruned, pos(&old[2].cursor));
 
     let status = unwrap_err(
         s.team
@@ -378,15 +387,10 @@ async fn pruned_cursor_is_out_of_range(backend: Backend) {
     let mut ok = watch(&s.team, &owner, &org, &old[2].cursor).await;
     assert_eq!(next_n(&mut ok, 1).await[0].action, "organization.updated");
     // The stream that was open all along keeps going too.
-    assert_eq!(
-        next_n(&mut stream, 1).await[0].cursor,
-        seq_cursor(pruned + 1)
-    );
+    let later = next_n(&mut stream, 1).await;
+    assert_eq!(later[0].action, "organization.updated");
+    assert!(pos(&later[0].cursor) > pruned);
     s.stop().await;
-}
-
-fn seq_cursor(n: i64) -> String {
-    format!("c1.{n}")
 }
 
 async fn watching_needs_permission(backend: Backend) {
@@ -682,7 +686,7 @@ async fn slow_consumer_is_bounded(backend: Backend) {
     );
     // Once the consumer reads, everything arrives, in order.
     let events = next_n(&mut slow, total).await;
-    assert_contiguous(&events);
+    assert_increasing(&events);
     drop(slow);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(feed.stats().buffered, 0);
@@ -806,7 +810,11 @@ async fn many_streams_share_one_reader(backend: Backend) {
                 .expect("invited");
         }
     };
-    let reads = |st: teamgate::feed::StatsSnapshot| st.shared_reads + st.catch_up_reads;
+    // Reads caused by wake-ups; on PostgreSQL the reader may also look again a few times
+    // while a change waits for older transactions (of any test sharing the cluster) to end,
+    // which does not depend on the number of streams either.
+    let reads =
+        |st: teamgate::feed::StatsSnapshot| st.shared_reads + st.catch_up_reads - st.pending_reads;
 
     // Several connections, like several clients.
     let mut clients = Vec::new();
@@ -849,10 +857,10 @@ async fn many_streams_share_one_reader(backend: Backend) {
     for got in &many {
         assert_eq!(got.len(), writes);
         assert!(got.iter().all(|e| e.action == "member.invited"));
-        assert_contiguous(got);
+        assert_increasing(got);
         assert_eq!(got, &many[0], "every stream sees the same changes");
     }
-    assert_contiguous(&one[0]);
+    assert_increasing(&one[0]);
     let reads_one = reads(with_one) - reads(before);
     let reads_many = reads(with_many) - reads(settled);
     assert!(
@@ -904,8 +912,8 @@ async fn old_cursor_catches_up_while_writes_arrive(backend: Backend) {
         w.await.unwrap();
     }
     let all_live = next_n(&mut live, total).await;
-    assert_contiguous(&caught);
-    assert_eq!(seq(&caught[0].cursor), seq(&first[0].cursor) + 1);
+    assert_increasing(&caught);
+    assert!(pos(&caught[0].cursor) > pos(&first[0].cursor));
     assert_eq!(
         caught, all_live,
         "the resumed stream sees exactly what a live one saw"
@@ -918,7 +926,13 @@ async fn old_cursor_catches_up_while_writes_arrive(backend: Backend) {
     // And it is live now: the next change arrives as the very next event.
     rename(&s.team, &org, &owner, "Acme last").await;
     let last = next_n(&mut resumed, 1).await;
-    assert_eq!(seq(&last[0].cursor), seq(&caught[total - 1].cursor) + 1);
+    assert_eq!(last[0].action, "organization.updated");
+    assert!(pos(&last[0].cursor) > pos(&caught[total - 1].cursor));
+    assert_eq!(
+        next_n(&mut live, 1).await,
+        last,
+        "and it is the very next event"
+    );
     s.stop().await;
 }
 

@@ -9,6 +9,7 @@ mod cache;
 mod ext_authz;
 mod faults;
 mod feed;
+mod feed_scaling;
 mod hostile;
 mod identity;
 mod invitations;

@@ -22,6 +22,7 @@ mod seed;
 mod server;
 mod soak;
 mod soak_report;
+mod writes;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,10 @@ enum Sub {
     /// a Redis of its own, with faults injected; reports errors by code, p99 and RSS over time
     /// and reads back every acknowledged write.
     Soak(soak::SoakArgs),
+    /// The write-scaling rows (issue 15): 1 writer vs 16 writers in 16 orgs vs 16 in one org,
+    /// on PostgreSQL and SQLite, against the same transaction shape sent straight to
+    /// PostgreSQL, and the change feed's cross-replica delivery latency.
+    WriteScaling(writes::WriteArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -169,6 +174,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Sub::NoopServer { listen }) => runtime.block_on(noop::serve(listen)),
         Some(Sub::Soak(args)) => runtime.block_on(soak::soak(args)),
+        Some(Sub::WriteScaling(args)) => runtime.block_on(writes::run(args)),
         None => runtime.block_on(bench(cli.run)),
     }
 }

@@ -1,10 +1,12 @@
 use sea_orm::entity::prelude::*;
 
-/// The change feed: one row per committed change, numbered by a gap-free, commit-ordered `seq`.
+/// The change feed: one row per committed change. Its place in the feed is (`pos`, `seq`),
+/// see `store::changes`.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "changes")]
 pub struct Model {
-    #[sea_orm(primary_key, auto_increment = false)]
+    /// Handed out by the database (a sequence / AUTOINCREMENT); orders rows of equal `pos`.
+    #[sea_orm(primary_key)]
     pub seq: i64,
     pub org_id: String,
     pub action: String,
@@ -13,6 +15,12 @@ pub struct Model {
     pub occurred_at: DateTimeUtc,
     /// The org's version after the change (what its consistency token carries).
     pub org_version: i64,
+    /// PostgreSQL: the writing transaction's id, or the org's previous change's `pos` if that
+    /// is higher; 0 on SQLite and for rows written before the commit-order migration.
+    pub pos: i64,
+    /// PostgreSQL: the writing transaction's `pg_current_xact_id()` (an `xid8`, kept as
+    /// bigint so both backends share the entity); 0 on SQLite.
+    pub xid: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,6 +1,7 @@
 use sea_orm::entity::prelude::*;
 
-/// How far each configured webhook endpoint has been delivered (the last delivered seq).
+/// How far each configured webhook endpoint has been delivered: the feed position
+/// (`pos`, `seq`) of the last delivered change.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "webhook_cursors")]
 pub struct Model {
@@ -8,6 +9,7 @@ pub struct Model {
     pub name: String,
     pub seq: i64,
     pub updated_at: DateTimeUtc,
+    pub pos: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -5,6 +5,7 @@ use sea_orm_migration::prelude::*;
 mod m20261126_000001_initial;
 mod m20261126_000002_changes;
 mod m20261126_000003_identity;
+mod m20261201_000004_feed_commit_order;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_initial::Migration),
             Box::new(m20261126_000002_changes::Migration),
             Box::new(m20261126_000003_identity::Migration),
+            Box::new(m20261201_000004_feed_commit_order::Migration),
         ]
     }
 }
