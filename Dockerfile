@@ -37,12 +37,16 @@ ENV CARGO_TERM_COLOR=never \
 
 # 1. Dependencies (and the generated gRPC code) only: this layer is reused until Cargo.toml,
 #    Cargo.lock, build.rs or proto/ change. Placeholder sources stand in for src/.
+#    The workspace names the benchmark crate, so its manifest (and a placeholder) is needed too;
+#    only the service (`-p teamgate`) is built.
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY bench/Cargo.toml ./bench/
 COPY proto/ ./proto/
-RUN mkdir src \
+RUN mkdir -p src bench/src \
  && echo 'fn main() {}' > src/main.rs \
  && : > src/lib.rs \
- && cargo build --release --locked \
+ && echo 'fn main() {}' > bench/src/main.rs \
+ && cargo build --release --locked -p teamgate \
  && rm -rf src
 
 # 2. The service itself. src/domain/policy.rs embeds deploy/policies/default.toml at compile
@@ -52,7 +56,7 @@ RUN mkdir src \
 COPY src/ ./src/
 COPY deploy/policies/ ./deploy/policies/
 RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked \
+ && cargo build --release --locked -p teamgate \
  && install -m 0755 target/release/teamgate /usr/local/bin/teamgate
 
 # ---------------------------------------------------------------------------------------------
