@@ -863,8 +863,11 @@ async fn many_streams_share_one_reader(backend: Backend) {
     assert_increasing(&one[0]);
     let reads_one = reads(with_one) - reads(before);
     let reads_many = reads(with_many) - reads(settled);
+    // At most one shared read per change whatever the number of streams (each of 200 streams
+    // reading on its own would be 2,000). Not compared with the one-stream phase: how many
+    // wake-ups a burst coalesces into depends on timing, not on the streams.
     assert!(
-        reads_many <= reads_one + 2 && reads_many <= writes as u64 + 2,
+        reads_one <= writes as u64 + 2 && reads_many <= writes as u64 + 2,
         "200 streams read the table {reads_many} times for {writes} changes (1 stream: {reads_one})"
     );
     assert_eq!(
