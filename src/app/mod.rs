@@ -255,8 +255,24 @@ impl App {
         let org = store::orgs::find_live(c, org_id)
             .await?
             .ok_or_else(|| org_not_found(org_id))?;
-        self.authorize(c, ctx, org_id, permission).await?;
+        self.authorize_in(c, ctx, &org, permission).await?;
         Ok(org)
+    }
+
+    /// [`authorize`](Self::authorize) for a caller that already holds the org's row, so its
+    /// two-factor rule is not read again.
+    pub(crate) async fn authorize_in<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        ctx: &RequestCtx,
+        org: &OrgRow,
+        permission: &str,
+    ) -> AppResult<ActingMember> {
+        let member = self
+            .member_as_actor(c, ctx, &org.id, Some(org.require_mfa), permission)
+            .await?;
+        member.actor().require(permission)?;
+        Ok(member)
     }
 
     /// Establishes the actor as a member of `org_id` holding `permission`.
@@ -267,7 +283,9 @@ impl App {
         org_id: &str,
         permission: &str,
     ) -> AppResult<ActingMember> {
-        let member = self.acting_member(c, ctx, org_id, permission).await?;
+        let member = self
+            .member_as_actor(c, ctx, org_id, None, permission)
+            .await?;
         member.actor().require(permission)?;
         Ok(member)
     }
@@ -279,7 +297,27 @@ impl App {
         &self,
         c: &C,
         ctx: &RequestCtx,
+        org: &OrgRow,
+        permission_for_message: &str,
+    ) -> AppResult<ActingMember> {
+        self.member_as_actor(
+            c,
+            ctx,
+            &org.id,
+            Some(org.require_mfa),
+            permission_for_message,
+        )
+        .await
+    }
+
+    /// The actor as a member of `org_id`; `org_requires_mfa` when the caller knows the org's
+    /// rule already, else it is read (only for an actor without two-factor).
+    async fn member_as_actor<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        ctx: &RequestCtx,
         org_id: &str,
+        org_requires_mfa: Option<bool>,
         permission_for_message: &str,
     ) -> AppResult<ActingMember> {
         let user_id = ctx.actor()?;
@@ -297,11 +335,14 @@ impl App {
             return Err(not_member().into());
         };
         ensure_account_active(&account)?;
-        if !account.mfa_enabled
-            && store::orgs::find_live(c, org_id)
+        let requires_mfa = match org_requires_mfa {
+            _ if account.mfa_enabled => false,
+            Some(known) => known,
+            None => store::orgs::find_live(c, org_id)
                 .await?
-                .is_some_and(|o| o.require_mfa)
-        {
+                .is_some_and(|o| o.require_mfa),
+        };
+        if requires_mfa {
             return Err(DomainError::denied(
                 "MFA_REQUIRED",
                 format!(

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::write::{Authority, Effect, Event};
+use super::write::{Authority, Effect, Event, OrgWrite};
 use super::{App, AppResult, Page, PageRequest, RequestCtx};
 use crate::domain::DomainError;
 use crate::domain::ids::OrgId;
@@ -108,6 +108,31 @@ impl App {
         }))
     }
 
+    /// Opens a write that changes or deletes the custom role `key`: `ROLE_NOT_FOUND` unless it
+    /// exists, and the actor must hold every permission it carries (nobody edits a role more
+    /// powerful than theirs). Returns the role as it is now.
+    async fn custom_role_write<'a>(
+        &'a self,
+        ctx: &'a RequestCtx,
+        org_id: &str,
+        key: &str,
+    ) -> AppResult<(OrgWrite<'a>, ResolvedRole)> {
+        let w = self
+            .org_write(
+                ctx,
+                org_id,
+                Authority::Permission("roles.manage"),
+                Effect::Decisions,
+            )
+            .await?;
+        let row = roles::find_custom(w.conn(), org_id, key)
+            .await?
+            .ok_or_else(|| role_not_found(key))?;
+        let role = self.custom_role(row);
+        w.actor.actor().may_define(&role.permissions)?;
+        Ok((w, role))
+    }
+
     #[tracing::instrument(skip_all, fields(org_id = %org_id, role = %def.key))]
     pub async fn create_role(
         &self,
@@ -203,21 +228,8 @@ impl App {
             return Err(built_in_immutable(key).into());
         }
         let perms = parse_permissions(&def.permissions, |p| self.policy.knows(p))?;
-        let w = self
-            .org_write(
-                ctx,
-                &id,
-                Authority::Permission("roles.manage"),
-                Effect::Decisions,
-            )
-            .await?;
-        let row = roles::find_custom(w.conn(), &id, key)
-            .await?
-            .ok_or_else(|| role_not_found(key))?;
-        let before = self.custom_role(row);
-        // Both the old and the new permission sets must be within the actor's own: nobody
-        // widens a role, or edits one more powerful than theirs.
-        w.actor.actor().may_define(&before.permissions)?;
+        let (w, before) = self.custom_role_write(ctx, &id, key).await?;
+        // The new permission set must be within the actor's own too: nobody widens a role.
         w.actor.actor().may_define(&perms)?;
         let display_name = def
             .display_name
@@ -258,19 +270,7 @@ impl App {
         if self.policy.built_in(key).is_some() {
             return Err(built_in_immutable(key).into());
         }
-        let w = self
-            .org_write(
-                ctx,
-                &id,
-                Authority::Permission("roles.manage"),
-                Effect::Decisions,
-            )
-            .await?;
-        let row = roles::find_custom(w.conn(), &id, key)
-            .await?
-            .ok_or_else(|| role_not_found(key))?;
-        let before = self.custom_role(row);
-        w.actor.actor().may_define(&before.permissions)?;
+        let (w, before) = self.custom_role_write(ctx, &id, key).await?;
         let now = self.now();
         let holding_members = members::count_with_role(w.conn(), &id, key).await?;
         let holding_invitations =

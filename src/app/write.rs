@@ -90,9 +90,9 @@ impl App {
         };
         let org = locked.ok_or_else(|| org_not_found(org_id))?;
         let actor = match authority {
-            Authority::Permission(p) => self.authorize(&*tx, ctx, org_id, p).await?,
+            Authority::Permission(p) => self.authorize_in(&*tx, ctx, &org, p).await?,
             Authority::Membership { for_message } => {
-                self.acting_member(&*tx, ctx, org_id, for_message).await?
+                self.acting_member(&*tx, ctx, &org, for_message).await?
             }
         };
         Ok(OrgWrite {

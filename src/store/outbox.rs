@@ -77,21 +77,6 @@ pub async fn claim<C: ConnectionTrait>(
     Ok(res.rows_affected == 1)
 }
 
-/// Undelivered messages whose next attempt is due, oldest first.
-pub async fn due<C: ConnectionTrait>(
-    c: &C,
-    now: DateTime<Utc>,
-    limit: u64,
-) -> Result<Vec<OutboxRow>, StoreError> {
-    Ok(outbox::Entity::find()
-        .filter(outbox::Column::DeliveredAt.is_null())
-        .filter(outbox::Column::NextAttemptAt.lte(now))
-        .order_by_asc(outbox::Column::NextAttemptAt)
-        .limit(limit)
-        .all(c)
-        .await?)
-}
-
 pub async fn mark_delivered<C: ConnectionTrait>(
     c: &C,
     id: &str,

@@ -368,15 +368,29 @@ impl App {
         c: &C,
         subject: &str,
     ) -> AppResult<()> {
+        match self.throttled_for(c, subject).await? {
+            Some(wait) => Err(too_many_attempts(wait).into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Seconds (at least 1) until `subject` may try again, while it has had
+    /// `max_failed_sign_ins` failures within the failure window; `None` otherwise.
+    async fn throttled_for<C: crate::store::Connection>(
+        &self,
+        c: &C,
+        subject: &str,
+    ) -> AppResult<Option<i64>> {
         let settings = self.identity();
         let now = self.now();
         let (failures, oldest) =
             ids_store::failures_since(c, subject, now - settings.failure_window).await?;
-        if failures >= u64::from(settings.max_failures) {
-            let wait = oldest.map_or(1, |o| (o + settings.failure_window - now).num_seconds());
-            return Err(too_many_attempts(wait).into());
+        if failures < u64::from(settings.max_failures) {
+            return Ok(None);
         }
-        Ok(())
+        Ok(Some(oldest.map_or(1, |o| {
+            (o + settings.failure_window - now).num_seconds().max(1)
+        })))
     }
 
     /// The user's own account, active, for calls a user makes about themselves; `lock` holds

@@ -26,12 +26,7 @@ impl App {
         // limit check before any of them is recorded.
         let claim = self.store.write().await?;
         ids_store::lock_subject(&*claim, &subject).await?;
-        let (failures, oldest) =
-            ids_store::failures_since(&*claim, &subject, now - settings.failure_window).await?;
-        if failures >= u64::from(settings.max_failures) {
-            let wait = oldest
-                .map(|o| (o + settings.failure_window - now).num_seconds().max(1))
-                .unwrap_or(1);
+        if let Some(wait) = self.throttled_for(&*claim, &subject).await? {
             return Ok(SignInOutcome::Throttled(u64::try_from(wait).unwrap_or(1)));
         }
         ids_store::record_failure(&*claim, EventId::generate().to_string(), &subject, now).await?;
