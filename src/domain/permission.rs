@@ -70,6 +70,10 @@ impl PermissionSet {
         self.0.insert(p)
     }
 
+    pub fn remove(&mut self, p: &Permission) -> bool {
+        self.0.remove(p)
+    }
+
     pub fn is_subset(&self, other: &PermissionSet) -> bool {
         self.0.is_subset(&other.0)
     }

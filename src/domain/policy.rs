@@ -24,6 +24,12 @@ pub const ENFORCED_PERMISSIONS: [&str; 8] = [
     "audit.view",
 ];
 
+/// Permissions teamgate enforces that arrived after policies were already deployed: a policy
+/// that does not declare one still loads (an upgrade must not break it), the permission joins
+/// its catalog and is granted to the owner role only — least privilege until the operator
+/// decides otherwise by declaring it.
+pub const IMPLIED_PERMISSIONS: [&str; 1] = ["sso.manage"];
+
 /// The policy compiled into the binary, used when no policy file is configured.
 pub const DEFAULT_POLICY_TOML: &str = include_str!("../../deploy/policies/default.toml");
 
@@ -208,6 +214,14 @@ impl Policy {
             }
         }
 
+        let mut implied = Vec::new();
+        for name in IMPLIED_PERMISSIONS {
+            let perm = Permission::parse(name).expect("implied permissions are valid names");
+            if catalog.insert(perm.clone()) {
+                implied.push(perm);
+            }
+        }
+
         let mut roles: Vec<BuiltInRole> = Vec::new();
         for role in &raw.roles {
             let key = role.key.get_ref();
@@ -235,6 +249,13 @@ impl Policy {
                         ),
                     ),
                     Err(e) => problems.at(p.span(), e.to_string()),
+                }
+            }
+            if key == raw.owner_role.get_ref() {
+                perms.extend(implied.iter().cloned());
+            } else {
+                for perm in &implied {
+                    perms.remove(perm);
                 }
             }
             roles.push(BuiltInRole {
@@ -434,6 +455,28 @@ mod tests {
         assert_eq!(p.owner_role(), "owner");
         assert_eq!(p.role_below_owner(), "admin");
         assert_eq!(p.plan("free").and_then(|p| p.max_members), Some(5));
+    }
+
+    #[test]
+    fn a_policy_from_before_sso_still_loads_and_only_the_owner_manages_sso() {
+        let src = DEFAULT_POLICY_TOML
+            .replace("  \"sso.manage\",\n", "")
+            .replace(
+                "permissions = [\"*\"]",
+                "permissions = [\"members.view\", \"members.manage\"]",
+            );
+        assert!(!src.contains("sso.manage"));
+        let p = Policy::parse(&src).unwrap();
+        let sso = Permission::parse("sso.manage").unwrap();
+        assert!(p.knows(&sso));
+        assert!(p.built_in("owner").unwrap().permissions.contains(&sso));
+        for role in p.roles().iter().filter(|r| r.key != "owner") {
+            assert!(
+                !role.permissions.contains(&sso),
+                "{} holds sso.manage",
+                role.key
+            );
+        }
     }
 
     #[test]
