@@ -36,17 +36,6 @@ fn freshness(c: &Option<pb::Consistency>) -> Result<Freshness, Status> {
     })
 }
 
-fn reason(r: Reason) -> pb::Reason {
-    match r {
-        Reason::Allowed => pb::Reason::Allowed,
-        Reason::NotMember => pb::Reason::NotMember,
-        Reason::MissingPermission => pb::Reason::MissingPermission,
-        Reason::OrgNotFound => pb::Reason::OrgNotFound,
-        Reason::UserDisabled => pb::Reason::UserDisabled,
-        Reason::MfaRequired => pb::Reason::MfaRequired,
-    }
-}
-
 fn ids(org: &str, user: &str, prefix: &str) -> Result<Pair, Status> {
     Ok((
         OrgId::parse(&format!("{prefix}org_id"), org)?,
@@ -76,7 +65,7 @@ impl AuthzService for AuthzApi {
         tracing::Span::current().record("allowed", r == Reason::Allowed);
         Ok(Response::new(pb::CheckResponse {
             allowed: r == Reason::Allowed,
-            reason: reason(r).into(),
+            reason: pb::Reason::from(r).into(),
             consistency_token: token.map(|t| t.encode()).unwrap_or_default(),
         }))
     }
@@ -120,7 +109,7 @@ impl AuthzService for AuthzApi {
                 self.app.decisions.metrics().decision(r);
                 pb::CheckResult {
                     allowed: r == Reason::Allowed,
-                    reason: reason(r).into(),
+                    reason: pb::Reason::from(r).into(),
                 }
             })
             .collect();

@@ -32,6 +32,12 @@ impl From<DomainError> for Status {
             DomainError::Exhausted { message, .. } => {
                 status(Code::ResourceExhausted, message, reason, None)
             }
+            DomainError::OutOfRange { message, .. } => {
+                status(Code::OutOfRange, message, reason, None)
+            }
+            DomainError::Unavailable { message, .. } => {
+                status(Code::Unavailable, message, reason, None)
+            }
         }
     }
 }

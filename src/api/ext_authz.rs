@@ -27,6 +27,7 @@ use crate::app::authz::{Freshness, Reason};
 use crate::config::{ExtAuthzConfig, UnmappedRoute};
 use crate::domain::ids::{OrgId, UserId};
 use crate::domain::routes::InvalidPath;
+use crate::proto::teamgate::v1 as pb;
 
 /// The response header (to the HTTP client) that says why a request was denied.
 pub const REASON_HEADER: &str = "x-teamgate-reason";
@@ -42,17 +43,14 @@ impl ExtAuthzApi {
     }
 }
 
-/// Why a request was let through or not. The names extend `AuthzService`'s `Reason`.
+/// Why a request was let through or not: the decision for a mapped route, or one of the
+/// reasons only an HTTP request can have. The header names extend `AuthzService`'s `Reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    Allowed,
+    /// A route maps the request and this is the check's answer.
+    Decision(Reason),
     /// No route maps the request and `ext_authz.unmapped = "allow"`.
     UnmappedAllowed,
-    NotMember,
-    MissingPermission,
-    OrgNotFound,
-    UserDisabled,
-    MfaRequired,
     /// No route maps the request and `ext_authz.unmapped = "deny"` (the default).
     UnmappedRoute,
     /// The user header is absent or empty.
@@ -71,13 +69,8 @@ pub enum Verdict {
 impl Verdict {
     pub fn name(self) -> &'static str {
         match self {
-            Verdict::Allowed => "REASON_ALLOWED",
+            Verdict::Decision(r) => pb::Reason::from(r).as_str_name(),
             Verdict::UnmappedAllowed => "REASON_UNMAPPED_ROUTE_ALLOWED",
-            Verdict::NotMember => "REASON_NOT_MEMBER",
-            Verdict::MissingPermission => "REASON_MISSING_PERMISSION",
-            Verdict::OrgNotFound => "REASON_ORG_NOT_FOUND",
-            Verdict::UserDisabled => "REASON_USER_DISABLED",
-            Verdict::MfaRequired => "REASON_MFA_REQUIRED",
             Verdict::UnmappedRoute => "REASON_UNMAPPED_ROUTE",
             Verdict::MissingUser => "REASON_MISSING_USER",
             Verdict::MissingOrg => "REASON_MISSING_ORG",
@@ -88,49 +81,25 @@ impl Verdict {
     }
 
     pub fn allowed(self) -> bool {
-        matches!(self, Verdict::Allowed | Verdict::UnmappedAllowed)
-    }
-
-    fn from_reason(r: Reason) -> Verdict {
-        match r {
-            Reason::Allowed => Verdict::Allowed,
-            Reason::NotMember => Verdict::NotMember,
-            Reason::MissingPermission => Verdict::MissingPermission,
-            Reason::OrgNotFound => Verdict::OrgNotFound,
-            Reason::UserDisabled => Verdict::UserDisabled,
-            Reason::MfaRequired => Verdict::MfaRequired,
-        }
+        matches!(
+            self,
+            Verdict::Decision(Reason::Allowed) | Verdict::UnmappedAllowed
+        )
     }
 
     /// The gRPC code in `CheckResponse.status` and the HTTP status Envoy sends the client.
     fn codes(self) -> (Code, HttpStatusCode) {
         match self {
-            Verdict::Allowed | Verdict::UnmappedAllowed => (Code::Ok, HttpStatusCode::Ok),
+            _ if self.allowed() => (Code::Ok, HttpStatusCode::Ok),
             Verdict::MissingUser => (Code::Unauthenticated, HttpStatusCode::Unauthorized),
-            Verdict::NotMember
-            | Verdict::MissingPermission
-            | Verdict::OrgNotFound
-            | Verdict::UserDisabled
-            | Verdict::MfaRequired
-            | Verdict::UnmappedRoute
-            | Verdict::MissingOrg
-            | Verdict::InvalidHeader
-            | Verdict::NoHttpRequest
-            | Verdict::InvalidPath => (Code::PermissionDenied, HttpStatusCode::Forbidden),
+            _ => (Code::PermissionDenied, HttpStatusCode::Forbidden),
         }
     }
 
     fn explanation(self) -> &'static str {
         match self {
-            Verdict::Allowed => "allowed",
+            Verdict::Decision(r) => r.explanation(),
             Verdict::UnmappedAllowed => "no route maps this request; allowed by configuration",
-            Verdict::NotMember => "the user is not a member of the organization",
-            Verdict::MissingPermission => "the user's role lacks the permission this route needs",
-            Verdict::OrgNotFound => "the organization does not exist",
-            Verdict::UserDisabled => "the user's account is disabled",
-            Verdict::MfaRequired => {
-                "the organization requires two-factor sign-in and the user has not enrolled"
-            }
             Verdict::UnmappedRoute => "no route maps this request",
             Verdict::MissingUser => "the request names no user",
             Verdict::MissingOrg => "the request names no organization",
@@ -267,7 +236,7 @@ impl ExtAuthzApi {
             .decisions
             .check(org, user, &route.permission, Freshness::MinimizeLatency)
             .await?;
-        Ok(Verdict::from_reason(reason))
+        Ok(Verdict::Decision(reason))
     }
 }
 
@@ -310,7 +279,7 @@ mod tests {
 
     #[test]
     fn allowed_is_ok_with_an_ok_response() {
-        for v in [Verdict::Allowed, Verdict::UnmappedAllowed] {
+        for v in [Verdict::Decision(Reason::Allowed), Verdict::UnmappedAllowed] {
             let r = v.response();
             assert_eq!(r.status.as_ref().map(|s| s.code), Some(0));
             assert!(matches!(r.http_response, Some(HttpResponse::OkResponse(_))));
@@ -319,7 +288,7 @@ mod tests {
 
     #[test]
     fn denials_carry_status_and_reason() {
-        let r = Verdict::NotMember.response();
+        let r = Verdict::Decision(Reason::NotMember).response();
         assert_eq!(
             r.status.as_ref().map(|s| s.code),
             Some(Code::PermissionDenied as i32)

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::caller::caller_id;
@@ -588,7 +588,8 @@ impl TeamService for TeamApi {
         };
         let stream = feed
             .watch(self.app.clone(), ctx, &caller, org, after)
-            .await?;
+            .await?
+            .map(|item| item.map_err(Status::from));
         Ok(Response::new(Box::pin(stream) as ChangeStream))
     }
 }

@@ -23,6 +23,22 @@ pub enum Reason {
     MfaRequired,
 }
 
+impl Reason {
+    /// Why, in words, for people reading a denial (ext_authz's response body).
+    pub fn explanation(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::NotMember => "the user is not a member of the organization",
+            Reason::MissingPermission => "the user's role lacks the permission this route needs",
+            Reason::OrgNotFound => "the organization does not exist",
+            Reason::UserDisabled => "the user's account is disabled",
+            Reason::MfaRequired => {
+                "the organization requires two-factor sign-in and the user has not enrolled"
+            }
+        }
+    }
+}
+
 /// What the check path knows about one user in one org.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subject {

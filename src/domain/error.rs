@@ -45,6 +45,18 @@ pub enum DomainError {
         reason: &'static str,
         message: String,
     },
+    /// A position outside what is kept (a change-feed cursor older than its retention).
+    #[error("{message}")]
+    OutOfRange {
+        reason: &'static str,
+        message: String,
+    },
+    /// The service cannot serve this now; the same request may succeed later or elsewhere.
+    #[error("{message}")]
+    Unavailable {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 impl DomainError {
@@ -103,6 +115,20 @@ impl DomainError {
         }
     }
 
+    pub fn out_of_range(reason: &'static str, message: impl Into<String>) -> Self {
+        DomainError::OutOfRange {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn unavailable(reason: &'static str, message: impl Into<String>) -> Self {
+        DomainError::Unavailable {
+            reason,
+            message: message.into(),
+        }
+    }
+
     /// The stable UPPER_SNAKE reason carried in `ErrorInfo`.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -112,7 +138,9 @@ impl DomainError {
             | DomainError::NotFound { reason, .. }
             | DomainError::AlreadyExists { reason, .. }
             | DomainError::Precondition { reason, .. }
-            | DomainError::Exhausted { reason, .. } => reason,
+            | DomainError::Exhausted { reason, .. }
+            | DomainError::OutOfRange { reason, .. }
+            | DomainError::Unavailable { reason, .. } => reason,
         }
     }
 }

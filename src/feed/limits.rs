@@ -5,9 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tonic::{Code, Status};
 
-use crate::proto::status::with_reason;
+use crate::domain::DomainError;
 
 /// Who a stream is counted against: the acting user when there is one (whatever key or
 /// connection they come through), else the service key, else the peer's address.
@@ -53,11 +52,10 @@ impl Slots {
     }
 
     /// Takes a slot for `caller`, released when the returned guard is dropped.
-    pub fn acquire(self: &Arc<Self>, caller: &str) -> Result<Slot, Status> {
+    pub fn acquire(self: &Arc<Self>, caller: &str) -> Result<Slot, DomainError> {
         let mut held = self.lock();
         if held.total >= self.total {
-            return Err(with_reason(
-                Code::ResourceExhausted,
+            return Err(DomainError::exhausted(
                 "TOO_MANY_STREAMS",
                 format!(
                     "this server already serves its limit of {} change-feed streams: retry later, or on another replica",
@@ -67,8 +65,7 @@ impl Slots {
         }
         let mine = held.by_caller.get(caller).copied().unwrap_or(0);
         if mine >= self.per_caller {
-            return Err(with_reason(
-                Code::ResourceExhausted,
+            return Err(DomainError::exhausted(
                 "TOO_MANY_STREAMS",
                 format!(
                     "at most {} change-feed streams per caller may be open: close one, or watch all your orgs through fewer streams",
@@ -121,12 +118,10 @@ mod tests {
         let a1 = slots.acquire("a").unwrap();
         let _a2 = slots.acquire("a").unwrap();
         let e = slots.acquire("a").unwrap_err();
-        assert_eq!(e.code(), Code::ResourceExhausted);
+        assert!(matches!(e, DomainError::Exhausted { .. }), "{e:?}");
+        assert_eq!(e.reason(), "TOO_MANY_STREAMS");
         let _b1 = slots.acquire("b").unwrap();
-        assert_eq!(
-            slots.acquire("c").unwrap_err().code(),
-            Code::ResourceExhausted
-        );
+        assert_eq!(slots.acquire("c").unwrap_err().reason(), "TOO_MANY_STREAMS");
         drop(a1);
         assert_eq!(slots.open(), 2);
         let _c1 = slots.acquire("c").unwrap();

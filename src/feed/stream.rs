@@ -17,22 +17,21 @@ use std::task::{Context, Poll};
 
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc, watch};
-use tonic::{Code, Status};
 
 use super::hub::{Batch, Msg};
 use super::limits::Slot;
 use super::{After, Feed, Stats, access};
-use crate::app::{App, RequestCtx};
+use crate::app::{App, AppError, RequestCtx};
 use crate::domain::DomainError;
 use crate::domain::ids::OrgId;
-use crate::proto::status::with_reason;
 use crate::proto::teamgate::v1 as pb;
 use crate::store::changes::{self, ChangeRow, Position, Snapshot};
 
 /// The most changes a catching-up stream reads from the database at once.
 const PAGE: usize = 100;
 
-type Item = Result<pb::ChangeEvent, Status>;
+/// A change, or the error that ends the stream (the transport turns it into a status).
+pub type Item = Result<pb::ChangeEvent, AppError>;
 
 /// What the transport reads: the receiving end of a stream's bounded buffer.
 pub struct FeedStream {
@@ -67,9 +66,8 @@ impl Drop for FeedStream {
     }
 }
 
-fn out_of_range(after: Position, pruned_through: Position) -> Status {
-    with_reason(
-        Code::OutOfRange,
+fn out_of_range(after: Position, pruned_through: Position) -> AppError {
+    DomainError::out_of_range(
         "CURSOR_EXPIRED",
         format!(
             "cursor {} is older than the change feed's retention window (changes up to {} were pruned): \
@@ -78,22 +76,23 @@ fn out_of_range(after: Position, pruned_through: Position) -> Status {
             super::encode_cursor(pruned_through),
         ),
     )
+    .into()
 }
 
-fn unreadable() -> Status {
-    with_reason(
-        Code::Unavailable,
+fn unreadable() -> AppError {
+    DomainError::unavailable(
         "DATABASE_UNAVAILABLE",
         "the change feed could not be read: reconnect with your last cursor",
     )
+    .into()
 }
 
-fn shutting_down() -> Status {
-    with_reason(
-        Code::Unavailable,
+fn shutting_down() -> AppError {
+    DomainError::unavailable(
         "SHUTTING_DOWN",
         "this server is shutting down: reconnect with your last cursor",
     )
+    .into()
 }
 
 impl Feed {
@@ -107,7 +106,7 @@ impl Feed {
         caller: &str,
         org: Option<OrgId>,
         after: After,
-    ) -> Result<FeedStream, Status> {
+    ) -> Result<FeedStream, AppError> {
         // Before any database work, so refused streams cost nothing.
         let slot = self.slots.acquire(caller)?;
         match &org {
@@ -116,12 +115,12 @@ impl Feed {
             }
             None => {
                 if !self.may_watch_all(ctx.key_name.as_deref()) {
-                    return Err(with_reason(
-                        Code::PermissionDenied,
+                    return Err(DomainError::denied(
                         "MISSING_SCOPE",
                         "watching every organization needs a service key with the `admin` scope: \
                          pass org_id to watch one organization",
-                    ));
+                    )
+                    .into());
                 }
             }
         }
@@ -149,12 +148,12 @@ impl Feed {
                 match changes::position_of_version(conn, &t.org.to_string(), t.version).await? {
                     Some(p) => p,
                     None => {
-                        return Err(with_reason(
-                            Code::OutOfRange,
+                        return Err(DomainError::out_of_range(
                             "CURSOR_EXPIRED",
                             "the changes around this consistency_token were pruned (older than the change feed's retention window): \
                              resync from the source of truth, then watch again with an empty `after`",
-                        ));
+                        )
+                        .into());
                     }
                 }
             }
@@ -193,7 +192,7 @@ impl Feed {
 /// Why following the shared reader stopped.
 enum Stop {
     /// End the stream with this status (or quietly, with `None`: the consumer left).
-    End(Option<Status>),
+    End(Option<AppError>),
     /// Go back to the table: the stream lagged or a batch does not join up with `covered`.
     Reread,
 }
@@ -270,7 +269,7 @@ impl Producer {
 
     /// Sends a final status if there is room; a consumer that is not reading will not see it,
     /// but its stream ends all the same.
-    fn last_word(&self, status: Status) {
+    fn last_word(&self, status: AppError) {
         if let Ok(permit) = self.tx.try_reserve() {
             self.send(permit, Err(status));
         }

@@ -7,7 +7,7 @@ use sea_orm::{
 };
 
 use super::StoreError;
-use super::entities::memberships;
+use super::entities::{memberships, users as user_entity};
 use super::users::{self, UserRow};
 
 pub use memberships::Model as MembershipRow;
@@ -24,16 +24,18 @@ pub async fn find<C: ConnectionTrait>(
     )
 }
 
-/// A membership together with its user.
+/// A membership together with its user, in one query (a join): every org write reads the
+/// actor's and often the target's this way, so it is one round trip, not two.
 pub async fn find_with_user<C: ConnectionTrait>(
     c: &C,
     org_id: &str,
     user_id: &str,
 ) -> Result<Option<(MembershipRow, UserRow)>, StoreError> {
-    let Some(m) = find(c, org_id, user_id).await? else {
-        return Ok(None);
-    };
-    Ok(users::find(c, user_id).await?.map(|u| (m, u)))
+    let found = memberships::Entity::find_by_id((org_id.to_owned(), user_id.to_owned()))
+        .find_also_related(user_entity::Entity)
+        .one(c)
+        .await?;
+    Ok(found.and_then(|(m, u)| u.map(|u| (m, u))))
 }
 
 pub async fn insert<C: ConnectionTrait>(c: &C, row: MembershipRow) -> Result<(), StoreError> {

@@ -29,22 +29,25 @@ pub async fn lock_unchanged<C: ConnectionTrait>(
     lock_and_add(c, org_id, 0).await
 }
 
-/// An UPDATE takes the row lock on PostgreSQL (SQLite writers are serialized already).
+/// An UPDATE takes the row lock on PostgreSQL (SQLite writers are serialized already). Where
+/// the backend has `RETURNING` (PostgreSQL) the locked row comes back from the same statement:
+/// every org write starts here, so that is one round trip fewer on each.
 async fn lock_and_add<C: ConnectionTrait>(
     c: &C,
     org_id: &str,
     step: i64,
 ) -> Result<Option<OrgRow>, StoreError> {
-    let res = organizations::Entity::update_many()
+    let update = organizations::Entity::update_many()
         .col_expr(
             organizations::Column::Version,
             Expr::col(organizations::Column::Version).add(step),
         )
         .filter(organizations::Column::Id.eq(org_id))
-        .filter(organizations::Column::DeletedAt.is_null())
-        .exec(c)
-        .await?;
-    if res.rows_affected == 0 {
+        .filter(organizations::Column::DeletedAt.is_null());
+    if c.support_returning() {
+        return Ok(update.exec_with_returning(c).await?.into_iter().next());
+    }
+    if update.exec(c).await?.rows_affected == 0 {
         return Ok(None);
     }
     find_live(c, org_id).await
