@@ -35,22 +35,6 @@ pub mod status {
     }
 }
 
-/// The one mapping of a decision's reason to the wire (`AuthzService` responses, and through
-/// `as_str_name` the ext_authz reason header).
-impl From<crate::domain::decision::Reason> for teamgate::v1::Reason {
-    fn from(r: crate::domain::decision::Reason) -> Self {
-        use crate::domain::decision::Reason;
-        match r {
-            Reason::Allowed => Self::Allowed,
-            Reason::NotMember => Self::NotMember,
-            Reason::MissingPermission => Self::MissingPermission,
-            Reason::OrgNotFound => Self::OrgNotFound,
-            Reason::UserDisabled => Self::UserDisabled,
-            Reason::MfaRequired => Self::MfaRequired,
-        }
-    }
-}
-
 /// A protobuf timestamp.
 pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {

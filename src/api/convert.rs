@@ -1,4 +1,4 @@
-//! Conversions from stored rows and use-case views to protobuf messages.
+//! Conversions from use-case views to protobuf messages.
 
 use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
@@ -7,10 +7,26 @@ use crate::app::audit::AuditEvent;
 use crate::app::invitations::InvitationView;
 use crate::app::orgs::{MemberView, OrgView};
 use crate::app::roles::RoleView;
+use crate::domain::decision::Reason;
 use crate::domain::invitation::InvitationStatus;
 use crate::proto::teamgate::v1 as pb;
 
 pub use crate::proto::timestamp;
+
+/// The one mapping of a decision's reason to the wire (`AuthzService` responses, and through
+/// `as_str_name` the ext_authz reason header).
+impl From<Reason> for pb::Reason {
+    fn from(r: Reason) -> Self {
+        match r {
+            Reason::Allowed => Self::Allowed,
+            Reason::NotMember => Self::NotMember,
+            Reason::MissingPermission => Self::MissingPermission,
+            Reason::OrgNotFound => Self::OrgNotFound,
+            Reason::UserDisabled => Self::UserDisabled,
+            Reason::MfaRequired => Self::MfaRequired,
+        }
+    }
+}
 
 pub fn from_timestamp(t: &Timestamp) -> Option<DateTime<Utc>> {
     let nanos = u32::try_from(t.nanos).ok()?;
@@ -19,24 +35,24 @@ pub fn from_timestamp(t: &Timestamp) -> Option<DateTime<Utc>> {
 
 pub fn organization(v: &OrgView) -> pb::Organization {
     pb::Organization {
-        id: v.row.id.clone(),
-        name: v.row.name.clone(),
-        plan: v.row.plan.clone(),
-        created_at: Some(timestamp(v.row.created_at)),
+        id: v.id.to_string(),
+        name: v.name.clone(),
+        plan: v.plan.clone(),
+        created_at: Some(timestamp(v.created_at)),
         member_count: i64::try_from(v.member_count).unwrap_or(i64::MAX),
-        require_mfa: v.row.require_mfa,
+        require_mfa: v.require_mfa,
     }
 }
 
 pub fn member(v: &MemberView) -> pb::Member {
     pb::Member {
-        user_id: v.user.id.clone(),
-        org_id: v.membership.org_id.clone(),
+        user_id: v.user.id.to_string(),
+        org_id: v.org_id.to_string(),
         email: v.user.email.clone(),
         first_name: v.user.first_name.clone(),
         last_name: v.user.last_name.clone(),
-        role: v.membership.role.clone(),
-        joined_at: Some(timestamp(v.membership.joined_at)),
+        role: v.role.clone(),
+        joined_at: Some(timestamp(v.joined_at)),
     }
 }
 
@@ -51,17 +67,17 @@ pub fn invitation_status(s: InvitationStatus) -> pb::InvitationStatus {
 
 pub fn invitation(v: &InvitationView) -> pb::Invitation {
     pb::Invitation {
-        id: v.row.id.clone(),
-        org_id: v.row.org_id.clone(),
-        email: v.row.email.clone(),
-        first_name: v.row.first_name.clone(),
-        last_name: v.row.last_name.clone(),
-        role: v.row.role.clone(),
+        id: v.id.to_string(),
+        org_id: v.org_id.to_string(),
+        email: v.email.clone(),
+        first_name: v.first_name.clone(),
+        last_name: v.last_name.clone(),
+        role: v.role.clone(),
         status: invitation_status(v.status).into(),
-        invited_by_user_id: v.row.invited_by_user_id.clone(),
-        created_at: Some(timestamp(v.row.created_at)),
-        expires_at: Some(timestamp(v.row.expires_at)),
-        accepted_at: v.row.accepted_at.map(timestamp),
+        invited_by_user_id: v.invited_by_user_id.to_string(),
+        created_at: Some(timestamp(v.created_at)),
+        expires_at: Some(timestamp(v.expires_at)),
+        accepted_at: v.accepted_at.map(timestamp),
     }
 }
 

@@ -13,6 +13,7 @@ use crate::app::App;
 use crate::app::identity::{Account, SignInOutcome, UserRef, UserStatus};
 use crate::config::IdentityConfig;
 use crate::domain::DomainError;
+use crate::domain::consistency::encode_all;
 use crate::domain::email::Email;
 use crate::domain::ids::UserId;
 use crate::domain::names::parse_name;
@@ -46,14 +47,15 @@ impl IdentityApi {
         let caller = caller_id(request)?;
         let id = UserId::parse("user_id", user_id)?;
         let code = bounded("code", code)?;
-        Ok(self
+        let tokens = self
             .limits
             .failures
             .limit(&caller, self.app.set_totp(&ctx, id, code, enable), |e| {
                 e.has_reason("INVALID_CODE")
             })
             .await
-            .map_err(too_many)??)
+            .map_err(too_many)??;
+        Ok(encode_all(&tokens))
     }
 }
 
@@ -63,7 +65,7 @@ pub fn user(u: &Account) -> pb::User {
         UserStatus::Disabled => pb::UserStatus::Disabled,
     };
     pb::User {
-        id: u.id.clone(),
+        id: u.id.to_string(),
         email: u.email.clone(),
         first_name: u.first_name.clone(),
         last_name: u.last_name.clone(),
@@ -160,9 +162,9 @@ impl IdentityService for IdentityApi {
                 .into());
             }
         };
-        let (u, consistency_token) = self.app.set_user_status(&ctx, id, status).await?;
+        let (u, tokens) = self.app.set_user_status(&ctx, id, status).await?;
         Ok(Response::new(pb::User {
-            consistency_token,
+            consistency_token: encode_all(&tokens),
             ..user(&u)
         }))
     }

@@ -115,7 +115,7 @@ impl TeamService for TeamApi {
         Ok(Response::new(pb::CreateOrganizationResponse {
             organization: Some(convert::organization(&org)),
             owner: Some(convert::member(&owner)),
-            consistency_token: token,
+            consistency_token: token.encode(),
         }))
     }
 
@@ -156,7 +156,7 @@ impl TeamService for TeamApi {
         let (org, token) = self.app.update_org(&ctx, &id, changes).await?;
         Ok(Response::new(pb::UpdateOrganizationResponse {
             organization: Some(convert::organization(&org)),
-            consistency_token: token,
+            consistency_token: token.encode(),
         }))
     }
 
@@ -168,7 +168,7 @@ impl TeamService for TeamApi {
         let id = org_id(&request.get_ref().org_id)?;
         let token = self.app.delete_org(&ctx, &id).await?;
         Ok(Response::new(pb::DeleteOrganizationResponse {
-            consistency_token: token,
+            consistency_token: token.encode(),
         }))
     }
 
@@ -239,7 +239,7 @@ impl TeamService for TeamApi {
             .await?;
         Ok(Response::new(pb::UpdateMemberRoleResponse {
             member: Some(convert::member(&m)),
-            consistency_token: token,
+            consistency_token: token.encode(),
         }))
     }
 
@@ -253,7 +253,7 @@ impl TeamService for TeamApi {
         let user = user_id("user_id", &req.user_id)?;
         let token = self.app.remove_member(&ctx, &id, &user).await?;
         Ok(Response::new(pb::RemoveMemberResponse {
-            consistency_token: token,
+            consistency_token: token.encode(),
         }))
     }
 
@@ -269,7 +269,7 @@ impl TeamService for TeamApi {
         Ok(Response::new(pb::TransferOwnershipResponse {
             previous_owner: Some(convert::member(&previous)),
             new_owner: Some(convert::member(&next)),
-            consistency_token: token,
+            consistency_token: token.encode(),
         }))
     }
 
@@ -290,7 +290,7 @@ impl TeamService for TeamApi {
         Ok(Response::new(pb::InviteMemberResponse {
             invitation: Some(convert::invitation(&inv)),
             token: secret.unwrap_or_default(),
-            consistency_token: token,
+            consistency_token: token.encode(),
         }))
     }
 
@@ -336,7 +336,7 @@ impl TeamService for TeamApi {
         Ok(Response::new(pb::ResendInvitationResponse {
             invitation: Some(convert::invitation(&inv)),
             token: secret.unwrap_or_default(),
-            consistency_token: token,
+            consistency_token: token.encode(),
         }))
     }
 
@@ -349,7 +349,7 @@ impl TeamService for TeamApi {
         let (inv, token) = self.app.revoke_invitation(&ctx, &id).await?;
         Ok(Response::new(pb::RevokeInvitationResponse {
             invitation: Some(convert::invitation(&inv)),
-            consistency_token: token,
+            consistency_token: token.encode(),
         }))
     }
 
@@ -412,7 +412,7 @@ impl TeamService for TeamApi {
         Ok(Response::new(pb::AcceptInvitationResponse {
             member: Some(convert::member(&member)),
             organization: Some(convert::organization(&org)),
-            consistency_token: token,
+            consistency_token: token.encode(),
         }))
     }
 
@@ -449,7 +449,7 @@ impl TeamService for TeamApi {
         let (role, token) = self.app.create_role(&ctx, &id, def).await?;
         Ok(Response::new(pb::CreateRoleResponse {
             role: Some(convert::role(&role)),
-            consistency_token: token,
+            consistency_token: token.encode(),
         }))
     }
 
@@ -472,7 +472,7 @@ impl TeamService for TeamApi {
         let (role, token) = self.app.update_role(&ctx, &id, def).await?;
         Ok(Response::new(pb::UpdateRoleResponse {
             role: Some(convert::role(&role)),
-            consistency_token: token,
+            consistency_token: token.encode(),
         }))
     }
 
@@ -490,7 +490,7 @@ impl TeamService for TeamApi {
             .delete_role(&ctx, &id, &key, reassign.as_deref())
             .await?;
         Ok(Response::new(pb::DeleteRoleResponse {
-            consistency_token: token,
+            consistency_token: token.encode(),
         }))
     }
 

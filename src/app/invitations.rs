@@ -3,11 +3,11 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::identity::Account;
 use super::orgs::{MemberView, OrgView};
 use super::write::{Authority, Effect, Event, OrgWrite};
 use super::{App, AppResult, Page, PageRequest, RequestCtx, org_not_found};
 use crate::domain::DomainError;
+use crate::domain::consistency::ConsistencyToken;
 use crate::domain::email::Email;
 use crate::domain::ids::{InvitationId, OrgId, UserId};
 use crate::domain::invitation::{InvitationStatus, StoredState, ensure_seat_available};
@@ -30,10 +30,26 @@ pub struct NewInvitation {
     pub role: Option<String>,
 }
 
+/// An invitation as callers see it (never its token hash).
 #[derive(Debug, Clone)]
 pub struct InvitationView {
-    pub row: InvitationRow,
+    pub id: InvitationId,
+    pub org_id: OrgId,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub role: String,
+    pub invited_by_user_id: UserId,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub accepted_at: Option<DateTime<Utc>>,
     pub status: InvitationStatus,
+}
+
+/// An invitation's row with its status as of now, for the use cases' own rules.
+struct Current {
+    row: InvitationRow,
+    status: InvitationStatus,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -70,9 +86,26 @@ impl App {
         self.settings.return_invitation_tokens.then_some(secret)
     }
 
-    fn view(&self, row: InvitationRow) -> InvitationView {
+    fn current(&self, row: InvitationRow) -> Current {
         let status = StoredState::from_stored(&row.state).status(row.expires_at, self.now());
-        InvitationView { row, status }
+        Current { row, status }
+    }
+
+    fn view(&self, row: InvitationRow) -> InvitationView {
+        let Current { row, status } = self.current(row);
+        InvitationView {
+            id: InvitationId::from_row(&row.id),
+            org_id: OrgId::from_row(&row.org_id),
+            invited_by_user_id: UserId::from_row(&row.invited_by_user_id),
+            email: row.email,
+            first_name: row.first_name,
+            last_name: row.last_name,
+            role: row.role,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            accepted_at: row.accepted_at,
+            status,
+        }
     }
 
     async fn ensure_not_member<C: ConnectionTrait>(
@@ -163,7 +196,7 @@ impl App {
         ctx: &RequestCtx,
         org_id: &OrgId,
         req: NewInvitation,
-    ) -> AppResult<(InvitationView, Option<String>, String)> {
+    ) -> AppResult<(InvitationView, Option<String>, ConsistencyToken)> {
         let id = org_id.to_string();
         // An invitation grants nothing until accepted: no decision changes.
         let w = self
@@ -244,7 +277,7 @@ impl App {
         Ok(Page::from_overfetch(
             views,
             page.size,
-            |v: &InvitationView| v.row.id.clone(),
+            |v: &InvitationView| v.id.to_string(),
         ))
     }
 
@@ -253,7 +286,7 @@ impl App {
         &'a self,
         ctx: &'a RequestCtx,
         invitation_id: &InvitationId,
-    ) -> AppResult<(OrgWrite<'a>, InvitationView)> {
+    ) -> AppResult<(OrgWrite<'a>, Current)> {
         let row = invitations::find(self.store.conn(), &invitation_id.to_string())
             .await?
             .ok_or_else(invitation_not_found)?;
@@ -269,7 +302,7 @@ impl App {
         let row = invitations::find(w.conn(), &row.id)
             .await?
             .ok_or_else(invitation_not_found)?;
-        Ok((w, self.view(row)))
+        Ok((w, self.current(row)))
     }
 
     #[tracing::instrument(skip_all, fields(invitation_id = %invitation_id))]
@@ -277,7 +310,7 @@ impl App {
         &self,
         ctx: &RequestCtx,
         invitation_id: &InvitationId,
-    ) -> AppResult<(InvitationView, Option<String>, String)> {
+    ) -> AppResult<(InvitationView, Option<String>, ConsistencyToken)> {
         let (w, inv) = self.managed_invitation(ctx, invitation_id).await?;
         inv.status.ensure_resendable()?;
         let role = self
@@ -333,7 +366,7 @@ impl App {
         &self,
         ctx: &RequestCtx,
         invitation_id: &InvitationId,
-    ) -> AppResult<(InvitationView, String)> {
+    ) -> AppResult<(InvitationView, ConsistencyToken)> {
         let (w, inv) = self.managed_invitation(ctx, invitation_id).await?;
         inv.status.ensure_revocable()?;
         invitations::set_state(w.conn(), &inv.row.id, StoredState::Revoked.as_str(), None).await?;
@@ -360,7 +393,7 @@ impl App {
         ctx: &RequestCtx,
         secret: &str,
         acceptance: Acceptance,
-    ) -> AppResult<(MemberView, OrgView, String)> {
+    ) -> AppResult<(MemberView, OrgView, ConsistencyToken)> {
         let hash = hash_secret(secret);
         let unknown = || {
             DomainError::not_found(
@@ -380,7 +413,7 @@ impl App {
             .await?
             .filter(|r| constant_time_eq(r.token_hash.as_bytes(), hash.as_bytes()))
             .ok_or_else(unknown)?;
-        let inv = self.view(row);
+        let inv = self.current(row);
         inv.status.ensure_acceptable()?;
         let role = self
             .resolve_role(&*tx, &org.id, &inv.row.role)
@@ -468,14 +501,8 @@ impl App {
             .commit_org_events(tx, ctx, &org, &user.id, [accepted], Effect::Decisions)
             .await?;
         Ok((
-            MemberView {
-                membership,
-                user: Account::from(&user),
-            },
-            OrgView {
-                row: org,
-                member_count,
-            },
+            MemberView::new(&membership, &user),
+            OrgView::new(&org, member_count),
             t,
         ))
     }

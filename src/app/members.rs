@@ -2,11 +2,11 @@
 
 use serde_json::json;
 
-use super::identity::Account;
 use super::orgs::MemberView;
 use super::write::{Authority, Effect, Event};
 use super::{App, AppResult, Page, PageRequest, RequestCtx};
 use crate::domain::DomainError;
+use crate::domain::consistency::ConsistencyToken;
 use crate::domain::ids::{OrgId, UserId};
 use crate::domain::roles::ensure_owner_remains;
 use crate::store::members;
@@ -19,7 +19,7 @@ fn member_not_found(org_id: &str, user_id: &str) -> DomainError {
 }
 
 fn member_json(m: &MemberView) -> serde_json::Value {
-    json!({"user_id": m.user.id, "email": m.user.email, "role": m.membership.role})
+    json!({"user_id": m.user.id.to_string(), "email": m.user.email, "role": m.role})
 }
 
 impl App {
@@ -43,13 +43,10 @@ impl App {
         .await?;
         let views = rows
             .into_iter()
-            .map(|(membership, user)| MemberView {
-                membership,
-                user: Account::from(&user),
-            })
+            .map(|(membership, user)| MemberView::new(&membership, &user))
             .collect();
         Ok(Page::from_overfetch(views, page.size, |m: &MemberView| {
-            m.user.id.clone()
+            m.user.id.to_string()
         }))
     }
 
@@ -65,10 +62,7 @@ impl App {
         let (membership, user_row) = members::find_with_user(c, &org, &user)
             .await?
             .ok_or_else(|| member_not_found(&org, &user))?;
-        Ok(MemberView {
-            membership,
-            user: Account::from(&user_row),
-        })
+        Ok(MemberView::new(&membership, &user_row))
     }
 
     #[tracing::instrument(skip_all, fields(org_id = %org_id, user_id = %user_id))]
@@ -78,7 +72,7 @@ impl App {
         org_id: &OrgId,
         user_id: &UserId,
         role_key: &str,
-    ) -> AppResult<(MemberView, String)> {
+    ) -> AppResult<(MemberView, ConsistencyToken)> {
         let (org, user) = (org_id.to_string(), user_id.to_string());
         let w = self
             .org_write(
@@ -92,10 +86,7 @@ impl App {
             .await?
             .ok_or_else(|| member_not_found(&org, &user))?;
         let new_role = self.role_for_request(w.conn(), &org, role_key).await?;
-        let before = MemberView {
-            membership: membership.clone(),
-            user: Account::from(&user_row),
-        };
+        let before = MemberView::new(&membership, &user_row);
         if membership.role == new_role.key {
             return Ok((before, w.unchanged()));
         }
@@ -111,7 +102,7 @@ impl App {
         }
         members::set_role(w.conn(), &org, &user, &new_role.key).await?;
         let mut after = before.clone();
-        after.membership.role = new_role.key.clone();
+        after.role = new_role.key.clone();
         let token = w
             .commit([Event::new("member.role_changed", format!("user:{user}"))
                 .before(member_json(&before))
@@ -126,7 +117,7 @@ impl App {
         ctx: &RequestCtx,
         org_id: &OrgId,
         user_id: &UserId,
-    ) -> AppResult<String> {
+    ) -> AppResult<ConsistencyToken> {
         let (org, user) = (org_id.to_string(), user_id.to_string());
         // Anyone may leave; removing someone else needs members.manage and outranking them.
         let leaving = ctx.actor()? == *user_id;
@@ -153,10 +144,7 @@ impl App {
             ensure_owner_remains(owners.saturating_sub(1), owner_role)?;
         }
         members::delete(w.conn(), &org, &user).await?;
-        let before = MemberView {
-            membership,
-            user: Account::from(&user_row),
-        };
+        let before = MemberView::new(&membership, &user_row);
         w.commit(
             [Event::new("member.removed", format!("user:{user}")).before(member_json(&before))],
         )
@@ -169,7 +157,7 @@ impl App {
         ctx: &RequestCtx,
         org_id: &OrgId,
         new_owner: &UserId,
-    ) -> AppResult<(MemberView, MemberView, String)> {
+    ) -> AppResult<(MemberView, MemberView, ConsistencyToken)> {
         let (org, target) = (org_id.to_string(), new_owner.to_string());
         let w = self
             .org_write(
@@ -214,16 +202,10 @@ impl App {
         members::set_role(w.conn(), &org, &actor_id, &demoted_to).await?;
         let before =
             json!({"previous_owner": actor_id, "previous_role_of_new_owner": target_m.role});
-        let mut previous = MemberView {
-            membership: actor_m,
-            user: Account::from(&actor_u),
-        };
-        previous.membership.role = demoted_to.clone();
-        let mut next = MemberView {
-            membership: target_m,
-            user: Account::from(&target_u),
-        };
-        next.membership.role = owner_role.to_owned();
+        let mut previous = MemberView::new(&actor_m, &actor_u);
+        previous.role = demoted_to.clone();
+        let mut next = MemberView::new(&target_m, &target_u);
+        next.role = owner_role.to_owned();
         let token = w
             .commit([
                 Event::new("ownership.transferred", format!("user:{target}"))

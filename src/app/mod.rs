@@ -168,16 +168,12 @@ pub(crate) fn org_not_found(org_id: &str) -> DomainError {
     )
 }
 
-pub(crate) fn token(org: &OrgRow) -> String {
-    OrgId::from_stored(&org.id)
-        .map(|o| {
-            ConsistencyToken {
-                org: o,
-                version: org.version,
-            }
-            .encode()
-        })
-        .unwrap_or_default()
+/// The token naming the org's version as this write leaves it.
+pub(crate) fn token(org: &OrgRow) -> ConsistencyToken {
+    ConsistencyToken {
+        org: OrgId::from_row(&org.id),
+        version: org.version,
+    }
 }
 
 impl App {

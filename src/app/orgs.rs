@@ -1,11 +1,13 @@
 //! Organizations: create, read, update, soft-delete, list a user's.
 
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::identity::Account;
 use super::write::{Authority, Effect, Event};
 use super::{App, AppResult, Page, PageRequest, RequestCtx};
 use crate::domain::DomainError;
+use crate::domain::consistency::ConsistencyToken;
 use crate::domain::email::Email;
 use crate::domain::ids::{OrgId, UserId};
 use crate::domain::invitation::ensure_seat_available;
@@ -32,18 +34,49 @@ pub struct NewOrg {
     pub owner: NewOwner,
 }
 
-/// An org with its member count.
+/// An org as callers see it, with its member count.
 #[derive(Debug, Clone)]
 pub struct OrgView {
-    pub row: OrgRow,
+    pub id: OrgId,
+    pub name: String,
+    pub plan: String,
+    pub require_mfa: bool,
+    pub created_at: DateTime<Utc>,
     pub member_count: u64,
 }
 
+impl OrgView {
+    pub(crate) fn new(row: &OrgRow, member_count: u64) -> OrgView {
+        OrgView {
+            id: OrgId::from_row(&row.id),
+            name: row.name.clone(),
+            plan: row.plan.clone(),
+            require_mfa: row.require_mfa,
+            created_at: row.created_at,
+            member_count,
+        }
+    }
+}
+
+/// A membership as callers see it.
 #[derive(Debug, Clone)]
 pub struct MemberView {
-    pub membership: MembershipRow,
+    pub org_id: OrgId,
+    pub role: String,
+    pub joined_at: DateTime<Utc>,
     /// The member's account, without its password hash or two-factor secret.
     pub user: Account,
+}
+
+impl MemberView {
+    pub(crate) fn new(m: &MembershipRow, user: &UserRow) -> MemberView {
+        MemberView {
+            org_id: OrgId::from_row(&m.org_id),
+            role: m.role.clone(),
+            joined_at: m.joined_at,
+            user: Account::from(user),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -75,7 +108,7 @@ impl App {
         &self,
         ctx: &RequestCtx,
         req: NewOrg,
-    ) -> AppResult<(OrgView, MemberView, String)> {
+    ) -> AppResult<(OrgView, MemberView, ConsistencyToken)> {
         let plan = req
             .plan
             .unwrap_or_else(|| self.policy.default_plan().to_owned());
@@ -151,14 +184,8 @@ impl App {
             )
             .await?;
         Ok((
-            OrgView {
-                row: org,
-                member_count: 1,
-            },
-            MemberView {
-                membership,
-                user: Account::from(&user),
-            },
+            OrgView::new(&org, 1),
+            MemberView::new(&membership, &user),
             t,
         ))
     }
@@ -168,10 +195,7 @@ impl App {
         let id = org_id.to_string();
         let org = self.readable_org(ctx, &id, "members.view").await?;
         let member_count = orgs::member_count(c, &id).await?;
-        Ok(OrgView {
-            row: org,
-            member_count,
-        })
+        Ok(OrgView::new(&org, member_count))
     }
 
     #[tracing::instrument(skip_all, fields(org_id = %org_id))]
@@ -180,7 +204,7 @@ impl App {
         ctx: &RequestCtx,
         org_id: &OrgId,
         changes: OrgChanges,
-    ) -> AppResult<(OrgView, String)> {
+    ) -> AppResult<(OrgView, ConsistencyToken)> {
         let id = org_id.to_string();
         if let Some(plan) = &changes.plan {
             self.check_plan(plan)?;
@@ -243,17 +267,15 @@ impl App {
                     .after(state(&after)),
             ])
             .await?;
-        Ok((
-            OrgView {
-                row: after,
-                member_count,
-            },
-            t,
-        ))
+        Ok((OrgView::new(&after, member_count), t))
     }
 
     #[tracing::instrument(skip_all, fields(org_id = %org_id))]
-    pub async fn delete_org(&self, ctx: &RequestCtx, org_id: &OrgId) -> AppResult<String> {
+    pub async fn delete_org(
+        &self,
+        ctx: &RequestCtx,
+        org_id: &OrgId,
+    ) -> AppResult<ConsistencyToken> {
         let id = org_id.to_string();
         let w = self
             .org_write(
@@ -303,11 +325,11 @@ impl App {
             .into_iter()
             .map(|(row, role)| {
                 let member_count = counts.get(&row.id).copied().unwrap_or(0);
-                (OrgView { row, member_count }, role)
+                (OrgView::new(&row, member_count), role)
             })
             .collect();
         Ok(Page::from_overfetch(views, page.size, |(o, _)| {
-            o.row.id.clone()
+            o.id.to_string()
         }))
     }
 }

@@ -5,6 +5,7 @@ use serde_json::json;
 use super::write::{Authority, Effect, Event, OrgWrite};
 use super::{App, AppResult, Page, PageRequest, RequestCtx};
 use crate::domain::DomainError;
+use crate::domain::consistency::ConsistencyToken;
 use crate::domain::ids::OrgId;
 use crate::domain::roles::{ResolvedRole, RoleKey, parse_permissions};
 use crate::store::roles::RoleRow;
@@ -139,7 +140,7 @@ impl App {
         ctx: &RequestCtx,
         org_id: &OrgId,
         def: RoleDefinition,
-    ) -> AppResult<(RoleView, String)> {
+    ) -> AppResult<(RoleView, ConsistencyToken)> {
         let id = org_id.to_string();
         let key = def.key.as_str();
         if self.policy.built_in(key).is_some() {
@@ -221,7 +222,7 @@ impl App {
         ctx: &RequestCtx,
         org_id: &OrgId,
         def: RoleDefinition,
-    ) -> AppResult<(RoleView, String)> {
+    ) -> AppResult<(RoleView, ConsistencyToken)> {
         let id = org_id.to_string();
         let key = def.key.as_str();
         if self.policy.built_in(key).is_some() {
@@ -264,7 +265,7 @@ impl App {
         org_id: &OrgId,
         key: &RoleKey,
         reassign_to: Option<&str>,
-    ) -> AppResult<String> {
+    ) -> AppResult<ConsistencyToken> {
         let id = org_id.to_string();
         let key = key.as_str();
         if self.policy.built_in(key).is_some() {

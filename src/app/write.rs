@@ -11,6 +11,7 @@
 use serde_json::Value;
 
 use super::{ActingMember, App, AppResult, RequestCtx, org_not_found, token};
+use crate::domain::consistency::ConsistencyToken;
 use crate::store::orgs::OrgRow;
 use crate::store::{Tx, WriteTx, audit, orgs};
 
@@ -128,14 +129,22 @@ impl OrgWrite<'_> {
         self.actor.user_id.to_string()
     }
 
-    /// Ends the write without a change: nothing is recorded, the version bump is undone.
-    pub fn unchanged(self) -> String {
-        token(&self.org)
+    /// Ends the write without a change: nothing is recorded, the version bump is undone, so
+    /// the token names the version the org keeps.
+    pub fn unchanged(self) -> ConsistencyToken {
+        let mut t = token(&self.org);
+        if self.effect == Effect::Decisions {
+            t.version -= 1;
+        }
+        t
     }
 
     /// Records `events` (audit log and change feed), commits, invalidates and wakes.
     /// Returns the write's consistency token.
-    pub async fn commit(self, events: impl IntoIterator<Item = Event>) -> AppResult<String> {
+    pub async fn commit(
+        self,
+        events: impl IntoIterator<Item = Event>,
+    ) -> AppResult<ConsistencyToken> {
         let actor = self.actor_id();
         self.app
             .commit_org_events(self.tx, self.ctx, &self.org, &actor, events, self.effect)
@@ -155,7 +164,7 @@ impl App {
         actor: &str,
         events: impl IntoIterator<Item = Event>,
         effect: Effect,
-    ) -> AppResult<String> {
+    ) -> AppResult<ConsistencyToken> {
         for e in events {
             let row = self.audit_event(
                 ctx,

@@ -44,6 +44,13 @@ macro_rules! uuid_id {
                 Uuid::try_parse(raw).ok().map($name)
             }
 
+            /// An id read from one of teamgate's own rows, for the views it answers with.
+            /// teamgate writes only UUIDs; a row edited by hand to hold anything else reads
+            /// as the nil id rather than failing every answer that lists it.
+            pub fn from_row(raw: &str) -> Self {
+                Self::from_stored(raw).unwrap_or($name(Uuid::nil()))
+            }
+
             pub fn as_uuid(&self) -> Uuid {
                 self.0
             }

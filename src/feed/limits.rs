@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-
 use crate::domain::DomainError;
 
 /// Who a stream is counted against: the acting user when there is one (whatever key or

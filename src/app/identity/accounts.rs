@@ -87,7 +87,7 @@ impl App {
         ctx: &RequestCtx,
         user: UserId,
         status: UserStatus,
-    ) -> AppResult<(Account, String)> {
+    ) -> AppResult<(Account, Vec<ConsistencyToken>)> {
         if ctx.actor == Some(user) {
             return Err(DomainError::denied(
                 "CANNOT_CHANGE_OWN_STATUS",

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::ensure_account_active;
 use super::{App, AppResult, RequestCtx};
 use crate::domain::DomainError;
-use crate::domain::consistency::{self, ConsistencyToken};
+use crate::domain::consistency::ConsistencyToken;
 use crate::domain::email::Email;
 use crate::domain::ids::{EventId, OrgId, UserId};
 use crate::domain::password::{self, HashParams, NewPassword, Verified};
@@ -145,7 +145,7 @@ impl UserStatus {
 /// An account as callers see it: no password hash, no two-factor secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
-    pub id: String,
+    pub id: UserId,
     pub email: String,
     pub first_name: String,
     pub last_name: String,
@@ -157,7 +157,7 @@ pub struct Account {
 impl From<&UserRow> for Account {
     fn from(u: &UserRow) -> Account {
         Account {
-            id: u.id.clone(),
+            id: UserId::from_row(&u.id),
             email: u.email.clone(),
             first_name: u.first_name.clone(),
             last_name: u.last_name.clone(),
@@ -238,17 +238,14 @@ fn too_many_attempts(wait_secs: i64) -> DomainError {
 }
 
 /// Consistency tokens for the orgs an account change locked.
-fn tokens_for(locked: &[(String, i64)]) -> String {
-    let tokens: Vec<ConsistencyToken> = locked
+fn tokens_for(locked: &[(String, i64)]) -> Vec<ConsistencyToken> {
+    locked
         .iter()
-        .filter_map(|(org, version)| {
-            OrgId::from_stored(org).map(|org| ConsistencyToken {
-                org,
-                version: *version,
-            })
+        .map(|(org, version)| ConsistencyToken {
+            org: OrgId::from_row(org),
+            version: *version,
         })
-        .collect();
-    consistency::encode_all(&tokens)
+        .collect()
 }
 
 /// The subject under which password reset requests for one address are counted.

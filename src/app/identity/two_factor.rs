@@ -60,7 +60,7 @@ impl App {
         user: UserId,
         code: &str,
         enable: bool,
-    ) -> AppResult<String> {
+    ) -> AppResult<Vec<ConsistencyToken>> {
         let id = user.to_string();
         let settings = self.identity();
         let now = self.now();
