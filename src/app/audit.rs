@@ -50,7 +50,7 @@ impl App {
     ) -> AppResult<Page<AuditEvent>> {
         let c = self.store.conn();
         let id = org_id.to_string();
-        self.readable_org(ctx, &id, "audit.view").await?;
+        self.readable_org(ctx, org_id, "audit.view").await?;
         let rows: Vec<AuditEvent> =
             audit::list(c, &id, &filter, page.after.as_deref(), page.size + 1)
                 .await?

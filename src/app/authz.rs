@@ -254,7 +254,7 @@ impl Decisions {
         let mut matched: Vec<String> = Vec::new();
         let mut after = page.after.clone();
         loop {
-            let batch = orgs::list_for_user(c, &user.to_string(), after.as_deref(), 500).await?;
+            let batch = orgs::list_for_user(c, &user, after.as_deref(), 500).await?;
             let exhausted = batch.len() < 500;
             after = batch.last().map(|(o, _)| o.id.clone());
             let pairs: Vec<Pair> = batch

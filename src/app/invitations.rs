@@ -116,7 +116,9 @@ impl App {
     ) -> AppResult<Option<UserRow>> {
         let existing = users::find_by_email(c, email).await?;
         if let Some(u) = &existing
-            && members::find(c, org_id, &u.id).await?.is_some()
+            && members::find(c, &OrgId::from_row(org_id), &UserId::from_row(&u.id))
+                .await?
+                .is_some()
         {
             return Err(DomainError::exists(
                 "ALREADY_MEMBER",
@@ -131,7 +133,7 @@ impl App {
         let Some(plan) = self.policy.plan(&org.plan) else {
             return Ok(());
         };
-        let members = orgs::member_count(c, &org.id).await?;
+        let members = orgs::member_count(c, &OrgId::from_row(&org.id)).await?;
         let pending = invitations::count_pending(c, &org.id, self.now()).await?;
         ensure_seat_available(
             members,
@@ -202,7 +204,7 @@ impl App {
         let w = self
             .org_write(
                 ctx,
-                &id,
+                org_id,
                 Authority::Permission("members.manage"),
                 Effect::Records,
             )
@@ -263,7 +265,7 @@ impl App {
     ) -> AppResult<Page<InvitationView>> {
         let c = self.store.conn();
         let id = org_id.to_string();
-        self.readable_org(ctx, &id, "members.view").await?;
+        self.readable_org(ctx, org_id, "members.view").await?;
         let rows = invitations::list(
             c,
             &id,
@@ -293,7 +295,7 @@ impl App {
         let w = self
             .org_write(
                 ctx,
-                &row.org_id,
+                &OrgId::from_row(&row.org_id),
                 Authority::Permission("members.manage"),
                 Effect::Records,
             )
@@ -405,7 +407,7 @@ impl App {
             .await?
             .ok_or_else(unknown)?;
         let tx = self.store.write().await?;
-        let org = orgs::lock(&*tx, &first.org_id)
+        let org = orgs::lock(&*tx, &OrgId::from_row(&first.org_id))
             .await?
             .ok_or_else(|| org_not_found(&first.org_id))?;
         // Under the org lock, the state read now is the one this accept decides on.
@@ -493,7 +495,7 @@ impl App {
         members::insert(&*tx, membership.clone()).await?;
         invitations::set_state(&*tx, &inv.row.id, StoredState::Accepted.as_str(), Some(now))
             .await?;
-        let member_count = orgs::member_count(&*tx, &org.id).await?;
+        let member_count = orgs::member_count(&*tx, &OrgId::from_row(&org.id)).await?;
         let accepted = Event::new("invitation.accepted", format!("invitation:{}", inv.row.id))
             .before(invitation_json(&inv.row))
             .after(json!({"user_id": user.id, "email": user.email, "role": role.key}));

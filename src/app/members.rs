@@ -31,11 +31,10 @@ impl App {
         page: PageRequest,
     ) -> AppResult<Page<MemberView>> {
         let c = self.store.conn();
-        let id = org_id.to_string();
-        self.readable_org(ctx, &id, "members.view").await?;
+        self.readable_org(ctx, org_id, "members.view").await?;
         let rows = members::list(
             c,
-            &id,
+            org_id,
             role.as_deref(),
             page.after.as_deref(),
             page.size + 1,
@@ -58,8 +57,8 @@ impl App {
     ) -> AppResult<MemberView> {
         let c = self.store.conn();
         let (org, user) = (org_id.to_string(), user_id.to_string());
-        self.readable_org(ctx, &org, "members.view").await?;
-        let (membership, user_row) = members::find_with_user(c, &org, &user)
+        self.readable_org(ctx, org_id, "members.view").await?;
+        let (membership, user_row) = members::find_with_user(c, org_id, user_id)
             .await?
             .ok_or_else(|| member_not_found(&org, &user))?;
         Ok(MemberView::new(&membership, &user_row))
@@ -77,12 +76,12 @@ impl App {
         let w = self
             .org_write(
                 ctx,
-                &org,
+                org_id,
                 Authority::Permission("members.manage"),
                 Effect::Decisions,
             )
             .await?;
-        let (membership, user_row) = members::find_with_user(w.conn(), &org, &user)
+        let (membership, user_row) = members::find_with_user(w.conn(), org_id, user_id)
             .await?
             .ok_or_else(|| member_not_found(&org, &user))?;
         let new_role = self.role_for_request(w.conn(), &org, role_key).await?;
@@ -97,10 +96,10 @@ impl App {
         w.actor.actor().may_manage(&current, owner_role)?;
         w.actor.actor().may_grant(&new_role, owner_role)?;
         if current.key == owner_role {
-            let owners = members::count_with_role(w.conn(), &org, owner_role).await?;
+            let owners = members::count_with_role(w.conn(), org_id, owner_role).await?;
             ensure_owner_remains(owners.saturating_sub(1), owner_role)?;
         }
-        members::set_role(w.conn(), &org, &user, &new_role.key).await?;
+        members::set_role(w.conn(), org_id, user_id, &new_role.key).await?;
         let mut after = before.clone();
         after.role = new_role.key.clone();
         let token = w
@@ -129,9 +128,9 @@ impl App {
             Authority::Permission("members.manage")
         };
         let w = self
-            .org_write(ctx, &org, authority, Effect::Decisions)
+            .org_write(ctx, org_id, authority, Effect::Decisions)
             .await?;
-        let (membership, user_row) = members::find_with_user(w.conn(), &org, &user)
+        let (membership, user_row) = members::find_with_user(w.conn(), org_id, user_id)
             .await?
             .ok_or_else(|| member_not_found(&org, &user))?;
         let current = self.resolve_role(w.conn(), &org, &membership.role).await?;
@@ -140,10 +139,10 @@ impl App {
             w.actor.actor().may_manage(current, owner_role)?;
         }
         if membership.role == owner_role {
-            let owners = members::count_with_role(w.conn(), &org, owner_role).await?;
+            let owners = members::count_with_role(w.conn(), org_id, owner_role).await?;
             ensure_owner_remains(owners.saturating_sub(1), owner_role)?;
         }
-        members::delete(w.conn(), &org, &user).await?;
+        members::delete(w.conn(), org_id, user_id).await?;
         let before = MemberView::new(&membership, &user_row);
         w.commit(
             [Event::new("member.removed", format!("user:{user}")).before(member_json(&before))],
@@ -162,7 +161,7 @@ impl App {
         let w = self
             .org_write(
                 ctx,
-                &org,
+                org_id,
                 Authority::Permission("org.transfer"),
                 Effect::Decisions,
             )
@@ -183,7 +182,7 @@ impl App {
             )
             .into());
         }
-        let (target_m, target_u) = members::find_with_user(w.conn(), &org, &target)
+        let (target_m, target_u) = members::find_with_user(w.conn(), org_id, new_owner)
             .await?
             .ok_or_else(|| {
                 DomainError::precondition(
@@ -194,12 +193,12 @@ impl App {
                 )
             })?;
         let actor_id = w.actor_id();
-        let (actor_m, actor_u) = members::find_with_user(w.conn(), &org, &actor_id)
+        let (actor_m, actor_u) = members::find_with_user(w.conn(), org_id, &w.actor.user_id)
             .await?
             .ok_or_else(|| member_not_found(&org, &actor_id))?;
         let demoted_to = self.policy.role_below_owner().to_owned();
-        members::set_role(w.conn(), &org, &target, owner_role).await?;
-        members::set_role(w.conn(), &org, &actor_id, &demoted_to).await?;
+        members::set_role(w.conn(), org_id, new_owner, owner_role).await?;
+        members::set_role(w.conn(), org_id, &w.actor.user_id, &demoted_to).await?;
         let before =
             json!({"previous_owner": actor_id, "previous_role_of_new_owner": target_m.role});
         let mut previous = MemberView::new(&actor_m, &actor_u);

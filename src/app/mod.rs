@@ -244,13 +244,13 @@ impl App {
     pub(crate) async fn readable_org(
         &self,
         ctx: &RequestCtx,
-        org_id: &str,
+        org_id: &OrgId,
         permission: &str,
     ) -> AppResult<OrgRow> {
         let c = self.store.conn();
         let org = store::orgs::find_live(c, org_id)
             .await?
-            .ok_or_else(|| org_not_found(org_id))?;
+            .ok_or_else(|| org_not_found(&org_id.to_string()))?;
         self.authorize_in(c, ctx, &org, permission).await?;
         Ok(org)
     }
@@ -326,7 +326,7 @@ impl App {
             )
         };
         let Some((m, account)) =
-            store::members::find_with_user(c, org_id, &user_id.to_string()).await?
+            store::members::find_with_user(c, &OrgId::from_row(org_id), &user_id).await?
         else {
             return Err(not_member().into());
         };
@@ -334,7 +334,7 @@ impl App {
         let requires_mfa = match org_requires_mfa {
             _ if account.mfa_enabled => false,
             Some(known) => known,
-            None => store::orgs::find_live(c, org_id)
+            None => store::orgs::find_live(c, &OrgId::from_row(org_id))
                 .await?
                 .is_some_and(|o| o.require_mfa),
         };

@@ -192,9 +192,8 @@ impl App {
 
     pub async fn get_org(&self, ctx: &RequestCtx, org_id: &OrgId) -> AppResult<OrgView> {
         let c = self.store.conn();
-        let id = org_id.to_string();
-        let org = self.readable_org(ctx, &id, "members.view").await?;
-        let member_count = orgs::member_count(c, &id).await?;
+        let org = self.readable_org(ctx, org_id, "members.view").await?;
+        let member_count = orgs::member_count(c, org_id).await?;
         Ok(OrgView::new(&org, member_count))
     }
 
@@ -222,13 +221,13 @@ impl App {
             "billing.manage"
         };
         let w = self
-            .org_write(ctx, &id, Authority::Permission(first), effect)
+            .org_write(ctx, org_id, Authority::Permission(first), effect)
             .await?;
         let before = w.org.clone();
         if changes.plan.is_some() {
             w.actor.actor().require("billing.manage")?;
         }
-        let member_count = orgs::member_count(w.conn(), &id).await?;
+        let member_count = orgs::member_count(w.conn(), org_id).await?;
         if let Some(plan) = changes.plan.as_deref().and_then(|p| self.policy.plan(p)) {
             let pending = invitations::count_pending(w.conn(), &id, self.now()).await?;
             ensure_seat_available(
@@ -242,7 +241,7 @@ impl App {
         }
         orgs::update(
             w.conn(),
-            &id,
+            org_id,
             changes.name.clone(),
             changes.plan.clone(),
             changes.require_mfa,
@@ -280,13 +279,13 @@ impl App {
         let w = self
             .org_write(
                 ctx,
-                &id,
+                org_id,
                 Authority::Permission("org.delete"),
                 Effect::Decisions,
             )
             .await?;
         let now = self.now();
-        orgs::soft_delete(w.conn(), &id, now).await?;
+        orgs::soft_delete(w.conn(), org_id, now).await?;
         let before = json!({"name": w.org.name, "plan": w.org.plan});
         w.commit([
             Event::new("organization.deleted", format!("organization:{id}"))
@@ -312,13 +311,7 @@ impl App {
         }
         let c = self.store.conn();
         self.active_actor(c, ctx).await?;
-        let rows = orgs::list_for_user(
-            c,
-            &user_id.to_string(),
-            page.after.as_deref(),
-            page.size + 1,
-        )
-        .await?;
+        let rows = orgs::list_for_user(c, user_id, page.after.as_deref(), page.size + 1).await?;
         let ids: Vec<String> = rows.iter().map(|(o, _)| o.id.clone()).collect();
         let counts = orgs::member_counts(c, &ids).await?;
         let views = rows

@@ -62,7 +62,7 @@ impl App {
     ) -> AppResult<Page<RoleView>> {
         let c = self.store.conn();
         let id = org_id.to_string();
-        self.readable_org(ctx, &id, "members.view").await?;
+        self.readable_org(ctx, org_id, "members.view").await?;
         let built_in = self.policy.roles();
         let (built_in_from, custom_after) = match page.after.as_deref() {
             None => (0, None),
@@ -96,7 +96,7 @@ impl App {
                     .map(|r| self.custom_role(r)),
             );
         }
-        let counts = members::count_by_role(c, &id).await?;
+        let counts = members::count_by_role(c, org_id).await?;
         let items = page_roles
             .into_iter()
             .map(|role| RoleView {
@@ -115,7 +115,7 @@ impl App {
     async fn custom_role_write<'a>(
         &'a self,
         ctx: &'a RequestCtx,
-        org_id: &str,
+        org_id: &OrgId,
         key: &str,
     ) -> AppResult<(OrgWrite<'a>, ResolvedRole)> {
         let w = self
@@ -126,7 +126,7 @@ impl App {
                 Effect::Decisions,
             )
             .await?;
-        let row = roles::find_custom(w.conn(), org_id, key)
+        let row = roles::find_custom(w.conn(), &w.org.id, key)
             .await?
             .ok_or_else(|| role_not_found(key))?;
         let role = self.custom_role(row);
@@ -156,7 +156,7 @@ impl App {
         let w = self
             .org_write(
                 ctx,
-                &id,
+                org_id,
                 Authority::Permission("roles.manage"),
                 Effect::Records,
             )
@@ -229,7 +229,7 @@ impl App {
             return Err(built_in_immutable(key).into());
         }
         let perms = parse_permissions(&def.permissions, |p| self.policy.knows(p))?;
-        let (w, before) = self.custom_role_write(ctx, &id, key).await?;
+        let (w, before) = self.custom_role_write(ctx, org_id, key).await?;
         // The new permission set must be within the actor's own too: nobody widens a role.
         w.actor.actor().may_define(&perms)?;
         let display_name = def
@@ -243,7 +243,7 @@ impl App {
             permissions: perms,
             built_in: false,
         };
-        let member_count = members::count_with_role(w.conn(), &id, key).await?;
+        let member_count = members::count_with_role(w.conn(), &w.id, key).await?;
         let token = w
             .commit([Event::new("role.updated", format!("role:{key}"))
                 .before(role_json(&before))
@@ -271,9 +271,9 @@ impl App {
         if self.policy.built_in(key).is_some() {
             return Err(built_in_immutable(key).into());
         }
-        let (w, before) = self.custom_role_write(ctx, &id, key).await?;
+        let (w, before) = self.custom_role_write(ctx, org_id, key).await?;
         let now = self.now();
-        let holding_members = members::count_with_role(w.conn(), &id, key).await?;
+        let holding_members = members::count_with_role(w.conn(), &w.id, key).await?;
         let holding_invitations =
             invitations::count_pending_with_role(w.conn(), &id, key, now).await?;
         let holders = holding_members + holding_invitations;
@@ -302,7 +302,7 @@ impl App {
                             other => other,
                         })?;
                 w.actor.actor().may_grant(&to, self.policy.owner_role())?;
-                moved += members::reassign_role(w.conn(), &id, key, &to.key).await?;
+                moved += members::reassign_role(w.conn(), &w.id, key, &to.key).await?;
                 moved += invitations::reassign_role(w.conn(), &id, key, &to.key).await?;
             }
             None if holders > 0 => {

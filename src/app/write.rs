@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::{ActingMember, App, AppResult, RequestCtx, org_not_found, token};
 use crate::domain::consistency::ConsistencyToken;
+use crate::domain::ids::OrgId;
 use crate::store::orgs::OrgRow;
 use crate::store::{Tx, WriteTx, audit, orgs};
 
@@ -68,6 +69,8 @@ pub(crate) struct OrgWrite<'a> {
     app: &'a App,
     ctx: &'a RequestCtx,
     tx: WriteTx,
+    /// The org's id, typed, for the store's queries.
+    pub id: OrgId,
     /// The org as locked (its version already bumped for [`Effect::Decisions`]).
     pub org: OrgRow,
     pub actor: ActingMember,
@@ -80,7 +83,7 @@ impl App {
     pub(crate) async fn org_write<'a>(
         &'a self,
         ctx: &'a RequestCtx,
-        org_id: &str,
+        org_id: &OrgId,
         authority: Authority,
         effect: Effect,
     ) -> AppResult<OrgWrite<'a>> {
@@ -89,7 +92,7 @@ impl App {
             Effect::Decisions => orgs::lock(&*tx, org_id).await?,
             Effect::Records => orgs::lock_unchanged(&*tx, org_id).await?,
         };
-        let org = locked.ok_or_else(|| org_not_found(org_id))?;
+        let org = locked.ok_or_else(|| org_not_found(&org_id.to_string()))?;
         let actor = match authority {
             Authority::Permission(p) => self.authorize_in(&*tx, ctx, &org, p).await?,
             Authority::Membership { for_message } => {
@@ -100,6 +103,7 @@ impl App {
             app: self,
             ctx,
             tx,
+            id: *org_id,
             org,
             actor,
             effect,

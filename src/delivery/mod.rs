@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 
 use crate::config::{MailConfig, MailSinkKind};
 use crate::domain::clock::Clock;
+use crate::domain::ids::OrgId;
 use crate::domain::invitation::{InvitationStatus, StoredState};
 use crate::domain::token::hash_secret;
 use crate::store::{Store, StoreError, invitations, orgs, outbox};
@@ -259,7 +260,10 @@ impl Worker {
             InvitationStatus::Revoked => return Ok(Outcome::Superseded("revoked")),
             InvitationStatus::Expired => return Ok(Outcome::Superseded("expired")),
         }
-        if orgs::find_live(conn, &current.org_id).await?.is_none() {
+        if orgs::find_live(conn, &OrgId::from_row(&current.org_id))
+            .await?
+            .is_none()
+        {
             return Ok(Outcome::Superseded("organization deleted"));
         }
         let mut message = inv.render(&self.settings.accept_url_base);

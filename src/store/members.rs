@@ -9,16 +9,17 @@ use sea_orm::{
 use super::StoreError;
 use super::entities::{memberships, users as user_entity};
 use super::users::{self, UserRow};
+use crate::domain::ids::{OrgId, UserId};
 
 pub use memberships::Model as MembershipRow;
 
 pub async fn find<C: ConnectionTrait>(
     c: &C,
-    org_id: &str,
-    user_id: &str,
+    org_id: &OrgId,
+    user_id: &UserId,
 ) -> Result<Option<MembershipRow>, StoreError> {
     Ok(
-        memberships::Entity::find_by_id((org_id.to_owned(), user_id.to_owned()))
+        memberships::Entity::find_by_id((org_id.to_string(), user_id.to_string()))
             .one(c)
             .await?,
     )
@@ -28,10 +29,10 @@ pub async fn find<C: ConnectionTrait>(
 /// actor's and often the target's this way, so it is one round trip, not two.
 pub async fn find_with_user<C: ConnectionTrait>(
     c: &C,
-    org_id: &str,
-    user_id: &str,
+    org_id: &OrgId,
+    user_id: &UserId,
 ) -> Result<Option<(MembershipRow, UserRow)>, StoreError> {
-    let found = memberships::Entity::find_by_id((org_id.to_owned(), user_id.to_owned()))
+    let found = memberships::Entity::find_by_id((org_id.to_string(), user_id.to_string()))
         .find_also_related(user_entity::Entity)
         .one(c)
         .await?;
@@ -52,14 +53,14 @@ pub async fn insert<C: ConnectionTrait>(c: &C, row: MembershipRow) -> Result<(),
 
 pub async fn set_role<C: ConnectionTrait>(
     c: &C,
-    org_id: &str,
-    user_id: &str,
+    org_id: &OrgId,
+    user_id: &UserId,
     role: &str,
 ) -> Result<(), StoreError> {
     memberships::Entity::update_many()
         .col_expr(memberships::Column::Role, Expr::value(role))
-        .filter(memberships::Column::OrgId.eq(org_id))
-        .filter(memberships::Column::UserId.eq(user_id))
+        .filter(memberships::Column::OrgId.eq(org_id.to_string()))
+        .filter(memberships::Column::UserId.eq(user_id.to_string()))
         .exec(c)
         .await?;
     Ok(())
@@ -68,13 +69,13 @@ pub async fn set_role<C: ConnectionTrait>(
 /// Moves every holder of `from` to `to`; returns how many moved.
 pub async fn reassign_role<C: ConnectionTrait>(
     c: &C,
-    org_id: &str,
+    org_id: &OrgId,
     from: &str,
     to: &str,
 ) -> Result<u64, StoreError> {
     let res = memberships::Entity::update_many()
         .col_expr(memberships::Column::Role, Expr::value(to))
-        .filter(memberships::Column::OrgId.eq(org_id))
+        .filter(memberships::Column::OrgId.eq(org_id.to_string()))
         .filter(memberships::Column::Role.eq(from))
         .exec(c)
         .await?;
@@ -83,12 +84,12 @@ pub async fn reassign_role<C: ConnectionTrait>(
 
 pub async fn delete<C: ConnectionTrait>(
     c: &C,
-    org_id: &str,
-    user_id: &str,
+    org_id: &OrgId,
+    user_id: &UserId,
 ) -> Result<(), StoreError> {
     memberships::Entity::delete_many()
-        .filter(memberships::Column::OrgId.eq(org_id))
-        .filter(memberships::Column::UserId.eq(user_id))
+        .filter(memberships::Column::OrgId.eq(org_id.to_string()))
+        .filter(memberships::Column::UserId.eq(user_id.to_string()))
         .exec(c)
         .await?;
     Ok(())
@@ -96,11 +97,11 @@ pub async fn delete<C: ConnectionTrait>(
 
 pub async fn count_with_role<C: ConnectionTrait>(
     c: &C,
-    org_id: &str,
+    org_id: &OrgId,
     role: &str,
 ) -> Result<u64, StoreError> {
     Ok(memberships::Entity::find()
-        .filter(memberships::Column::OrgId.eq(org_id))
+        .filter(memberships::Column::OrgId.eq(org_id.to_string()))
         .filter(memberships::Column::Role.eq(role))
         .count(c)
         .await?)
@@ -115,13 +116,13 @@ struct RoleCount {
 /// How many members hold each role in an org, in one query.
 pub async fn count_by_role<C: ConnectionTrait>(
     c: &C,
-    org_id: &str,
+    org_id: &OrgId,
 ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
     let rows = memberships::Entity::find()
         .select_only()
         .column(memberships::Column::Role)
         .column_as(memberships::Column::UserId.count(), "n")
-        .filter(memberships::Column::OrgId.eq(org_id))
+        .filter(memberships::Column::OrgId.eq(org_id.to_string()))
         .group_by(memberships::Column::Role)
         .into_model::<RoleCount>()
         .all(c)
@@ -135,12 +136,13 @@ pub async fn count_by_role<C: ConnectionTrait>(
 /// One page of an org's members (with their users), ordered by user id.
 pub async fn list<C: ConnectionTrait>(
     c: &C,
-    org_id: &str,
+    org_id: &OrgId,
     role: Option<&str>,
     after: Option<&str>,
     limit: u64,
 ) -> Result<Vec<(MembershipRow, UserRow)>, StoreError> {
-    let mut q = memberships::Entity::find().filter(memberships::Column::OrgId.eq(org_id));
+    let mut q =
+        memberships::Entity::find().filter(memberships::Column::OrgId.eq(org_id.to_string()));
     if let Some(role) = role {
         q = q.filter(memberships::Column::Role.eq(role));
     }
@@ -163,10 +165,10 @@ pub async fn list<C: ConnectionTrait>(
 /// All of a user's memberships (in live and deleted orgs alike).
 pub async fn of_user<C: ConnectionTrait>(
     c: &C,
-    user_id: &str,
+    user_id: &UserId,
 ) -> Result<Vec<MembershipRow>, StoreError> {
     Ok(memberships::Entity::find()
-        .filter(memberships::Column::UserId.eq(user_id))
+        .filter(memberships::Column::UserId.eq(user_id.to_string()))
         .order_by_asc(memberships::Column::OrgId)
         .all(c)
         .await?)

@@ -11,12 +11,13 @@ use sea_orm::{
 
 use super::StoreError;
 use super::entities::{memberships, organizations};
+use crate::domain::ids::{OrgId, UserId};
 
 pub use organizations::Model as OrgRow;
 
 /// Locks a live org for the rest of the transaction and bumps its version; `None` when it
 /// does not exist or was deleted. Taking the row lock first serializes all writes to one org.
-pub async fn lock<C: ConnectionTrait>(c: &C, org_id: &str) -> Result<Option<OrgRow>, StoreError> {
+pub async fn lock<C: ConnectionTrait>(c: &C, org_id: &OrgId) -> Result<Option<OrgRow>, StoreError> {
     lock_and_add(c, org_id, 1).await
 }
 
@@ -24,7 +25,7 @@ pub async fn lock<C: ConnectionTrait>(c: &C, org_id: &str) -> Result<Option<OrgR
 /// that cannot alter a decision (invitations, renames), so cached decisions stay warm.
 pub async fn lock_unchanged<C: ConnectionTrait>(
     c: &C,
-    org_id: &str,
+    org_id: &OrgId,
 ) -> Result<Option<OrgRow>, StoreError> {
     lock_and_add(c, org_id, 0).await
 }
@@ -34,7 +35,7 @@ pub async fn lock_unchanged<C: ConnectionTrait>(
 /// every org write starts here, so that is one round trip fewer on each.
 async fn lock_and_add<C: ConnectionTrait>(
     c: &C,
-    org_id: &str,
+    org_id: &OrgId,
     step: i64,
 ) -> Result<Option<OrgRow>, StoreError> {
     let update = organizations::Entity::update_many()
@@ -42,7 +43,7 @@ async fn lock_and_add<C: ConnectionTrait>(
             organizations::Column::Version,
             Expr::col(organizations::Column::Version).add(step),
         )
-        .filter(organizations::Column::Id.eq(org_id))
+        .filter(organizations::Column::Id.eq(org_id.to_string()))
         .filter(organizations::Column::DeletedAt.is_null());
     if c.support_returning() {
         return Ok(update.exec_with_returning(c).await?.into_iter().next());
@@ -55,9 +56,9 @@ async fn lock_and_add<C: ConnectionTrait>(
 
 pub async fn find_live<C: ConnectionTrait>(
     c: &C,
-    org_id: &str,
+    org_id: &OrgId,
 ) -> Result<Option<OrgRow>, StoreError> {
-    Ok(organizations::Entity::find_by_id(org_id.to_owned())
+    Ok(organizations::Entity::find_by_id(org_id.to_string())
         .filter(organizations::Column::DeletedAt.is_null())
         .one(c)
         .await?)
@@ -80,13 +81,13 @@ pub async fn insert<C: ConnectionTrait>(c: &C, row: OrgRow) -> Result<(), StoreE
 
 pub async fn update<C: ConnectionTrait>(
     c: &C,
-    org_id: &str,
+    org_id: &OrgId,
     name: Option<String>,
     plan: Option<String>,
     require_mfa: Option<bool>,
 ) -> Result<(), StoreError> {
     let mut am = organizations::ActiveModel {
-        id: sea_orm::ActiveValue::Unchanged(org_id.to_owned()),
+        id: sea_orm::ActiveValue::Unchanged(org_id.to_string()),
         ..Default::default()
     };
     if let Some(n) = name {
@@ -106,20 +107,20 @@ pub async fn update<C: ConnectionTrait>(
 
 pub async fn soft_delete<C: ConnectionTrait>(
     c: &C,
-    org_id: &str,
+    org_id: &OrgId,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     organizations::Entity::update_many()
         .col_expr(organizations::Column::DeletedAt, Expr::value(at))
-        .filter(organizations::Column::Id.eq(org_id))
+        .filter(organizations::Column::Id.eq(org_id.to_string()))
         .exec(c)
         .await?;
     Ok(())
 }
 
-pub async fn member_count<C: ConnectionTrait>(c: &C, org_id: &str) -> Result<u64, StoreError> {
+pub async fn member_count<C: ConnectionTrait>(c: &C, org_id: &OrgId) -> Result<u64, StoreError> {
     Ok(memberships::Entity::find()
-        .filter(memberships::Column::OrgId.eq(org_id))
+        .filter(memberships::Column::OrgId.eq(org_id.to_string()))
         .count(c)
         .await?)
 }
@@ -155,7 +156,7 @@ pub async fn member_counts<C: ConnectionTrait>(
 /// One page of a user's live orgs with their role in each, ordered by org id.
 pub async fn list_for_user<C: ConnectionTrait>(
     c: &C,
-    user_id: &str,
+    user_id: &UserId,
     after: Option<&str>,
     limit: u64,
 ) -> Result<Vec<(OrgRow, String)>, StoreError> {
@@ -165,7 +166,7 @@ pub async fn list_for_user<C: ConnectionTrait>(
         .and_where(organizations::Column::DeletedAt.is_null())
         .to_owned();
     let mut q = memberships::Entity::find()
-        .filter(memberships::Column::UserId.eq(user_id))
+        .filter(memberships::Column::UserId.eq(user_id.to_string()))
         .filter(memberships::Column::OrgId.in_subquery(live));
     if let Some(after) = after {
         q = q.filter(memberships::Column::OrgId.gt(after));

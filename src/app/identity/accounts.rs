@@ -172,7 +172,9 @@ impl App {
                     .into());
                 }
             };
-            let Some(m) = members::find(c, org, target).await? else {
+            let Some(m) =
+                members::find(c, &OrgId::from_row(org), &UserId::from_row(target)).await?
+            else {
                 continue;
             };
             if let Some(current) = self.resolve_role(c, org, &m.role).await?

@@ -352,7 +352,7 @@ impl App {
     ) -> AppResult<Vec<(String, i64)>> {
         let mut out = Vec::new();
         for org in ids_store::org_ids_of(c, user_id).await? {
-            if let Some(row) = orgs::lock(c, &org).await? {
+            if let Some(row) = orgs::lock(c, &OrgId::from_row(&org)).await? {
                 out.push((row.id, row.version));
             }
         }
