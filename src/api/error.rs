@@ -6,7 +6,7 @@ use crate::app::AppError;
 use crate::app::StoreError;
 use crate::domain::DomainError;
 
-use crate::proto::status::status;
+use crate::proto::status::{status, status_with};
 pub use crate::proto::status::{ERROR_DOMAIN, with_reason};
 
 impl From<DomainError> for Status {
@@ -26,8 +26,11 @@ impl From<DomainError> for Status {
             DomainError::AlreadyExists { message, .. } => {
                 status(Code::AlreadyExists, message, reason, None)
             }
-            DomainError::Precondition { message, .. } => {
-                status(Code::FailedPrecondition, message, reason, None)
+            DomainError::Precondition {
+                message, metadata, ..
+            } => status_with(Code::FailedPrecondition, message, reason, None, &metadata),
+            DomainError::Unavailable { message, .. } => {
+                status(Code::Unavailable, message, reason, None)
             }
             DomainError::Exhausted { message, .. } => {
                 status(Code::ResourceExhausted, message, reason, None)

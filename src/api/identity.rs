@@ -292,4 +292,31 @@ impl IdentityService for IdentityApi {
             .await?;
         Ok(Response::new(pb::DisableTotpResponse { consistency_token }))
     }
+
+    async fn start_sso(
+        &self,
+        request: Request<pb::StartSsoRequest>,
+    ) -> Result<Response<pb::StartSsoResponse>, Status> {
+        super::sso::start(&self.app, request).await
+    }
+
+    /// Unknown states count against the caller like failed sign-ins: a state is a bearer
+    /// secret, and guessing one is guessing a sign-in.
+    async fn complete_sso(
+        &self,
+        request: Request<pb::CompleteSsoRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        let ctx = ctx(&request)?;
+        let caller = caller_id(&request)?;
+        let (state, code) = super::sso::flow_fields(request.get_ref())?;
+        let signed_in = self
+            .limits
+            .failures
+            .limit(&caller, self.app.complete_sso(&ctx, state, code), |e| {
+                e.has_reason("SSO_STATE_UNKNOWN")
+            })
+            .await
+            .map_err(too_many)??;
+        Ok(super::sso::completed(signed_in))
+    }
 }

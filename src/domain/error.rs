@@ -38,6 +38,15 @@ pub enum DomainError {
     Precondition {
         reason: &'static str,
         message: String,
+        /// Extra `ErrorInfo` metadata naming what the caller needs next (e.g. `org_id`).
+        metadata: Vec<(&'static str, String)>,
+    },
+    /// Something the service depends on (an identity provider, a DNS server) did not answer
+    /// usably: the caller may retry.
+    #[error("{message}")]
+    Unavailable {
+        reason: &'static str,
+        message: String,
     },
     /// Too many attempts: the caller must wait.
     #[error("{message}")]
@@ -93,6 +102,27 @@ impl DomainError {
         DomainError::Precondition {
             reason,
             message: message.into(),
+            metadata: Vec::new(),
+        }
+    }
+
+    /// A precondition failure whose `ErrorInfo` also carries `metadata`.
+    pub fn precondition_with(
+        reason: &'static str,
+        message: impl Into<String>,
+        metadata: Vec<(&'static str, String)>,
+    ) -> Self {
+        DomainError::Precondition {
+            reason,
+            message: message.into(),
+            metadata,
+        }
+    }
+
+    pub fn unavailable(reason: &'static str, message: impl Into<String>) -> Self {
+        DomainError::Unavailable {
+            reason,
+            message: message.into(),
         }
     }
 
@@ -112,6 +142,7 @@ impl DomainError {
             | DomainError::NotFound { reason, .. }
             | DomainError::AlreadyExists { reason, .. }
             | DomainError::Precondition { reason, .. }
+            | DomainError::Unavailable { reason, .. }
             | DomainError::Exhausted { reason, .. } => reason,
         }
     }
