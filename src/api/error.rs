@@ -6,8 +6,8 @@ use crate::app::AppError;
 use crate::app::StoreError;
 use crate::domain::DomainError;
 
-use crate::proto::status::{status, status_with};
 pub use crate::proto::status::{ERROR_DOMAIN, with_reason};
+use crate::proto::status::{status, status_with};
 
 impl From<DomainError> for Status {
     fn from(e: DomainError) -> Status {

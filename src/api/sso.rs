@@ -117,11 +117,7 @@ pub async fn update_connection(
     let org_id = org(&req.org_id)?;
     let id = connection_id(&req.connection_id)?;
     let changes = ConnectionChanges {
-        issuer: req
-            .issuer
-            .as_deref()
-            .map(parse::parse_issuer)
-            .transpose()?,
+        issuer: req.issuer.as_deref().map(parse::parse_issuer).transpose()?,
         client_id: req
             .client_id
             .as_deref()
@@ -204,7 +200,9 @@ pub async fn start(
         raw => Some(connection_id(raw)?),
     };
     let target = match req.target {
-        Some(pb::start_sso_request::Target::Email(e)) => SsoTarget::Email(Email::parse("email", &e)?),
+        Some(pb::start_sso_request::Target::Email(e)) => {
+            SsoTarget::Email(Email::parse("email", &e)?)
+        }
         Some(pb::start_sso_request::Target::OrgId(o)) => SsoTarget::Org(org(&o)?, wanted),
         None => {
             return Err(DomainError::invalid_because(

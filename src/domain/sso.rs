@@ -308,7 +308,10 @@ pub fn verify_id_token(
 }
 
 /// The verified email an ID token vouches for, if its domain is one of `verified_domains`.
-pub fn verified_email(claims: &IdClaims, verified_domains: &[String]) -> Result<Email, DomainError> {
+pub fn verified_email(
+    claims: &IdClaims,
+    verified_domains: &[String],
+) -> Result<Email, DomainError> {
     let email = claims
         .email
         .as_deref()
@@ -347,7 +350,15 @@ mod tests {
             SsoDomain::parse("d", " Example.COM. ").unwrap().as_str(),
             "example.com"
         );
-        for bad in ["", "com", "a..b", "-a.com", "a-.com", "ex ample.com", "a_b.com"] {
+        for bad in [
+            "",
+            "com",
+            "a..b",
+            "-a.com",
+            "a-.com",
+            "ex ample.com",
+            "a_b.com",
+        ] {
             assert!(SsoDomain::parse("d", bad).is_err(), "{bad}");
         }
         assert!(SsoDomain::parse("d", &format!("{}.com", "a".repeat(64))).is_err());
@@ -355,10 +366,16 @@ mod tests {
 
     #[test]
     fn txt_proof_needs_the_exact_record() {
-        let records = vec!["v=spf1 -all".to_owned(), "teamgate-verification=abc".to_owned()];
+        let records = vec![
+            "v=spf1 -all".to_owned(),
+            "teamgate-verification=abc".to_owned(),
+        ];
         assert!(txt_proves(&records, "abc"));
         assert!(!txt_proves(&records, "abd"));
-        assert!(!txt_proves(&["teamgate-verification=abcd".to_owned()], "abc"));
+        assert!(!txt_proves(
+            &["teamgate-verification=abcd".to_owned()],
+            "abc"
+        ));
         assert!(!txt_proves(&[], "abc"));
     }
 

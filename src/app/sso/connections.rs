@@ -56,7 +56,9 @@ pub fn parse_redirect_uris(raw: &[String]) -> Result<Vec<String>, DomainError> {
         return Err(DomainError::invalid_because(
             "redirect_uris",
             "INVALID_REDIRECT_URIS",
-            format!("redirect_uris needs 1 to {MAX_REDIRECT_URIS} URLs: where your web backend receives the provider's answer"),
+            format!(
+                "redirect_uris needs 1 to {MAX_REDIRECT_URIS} URLs: where your web backend receives the provider's answer"
+            ),
         ));
     }
     let mut out: Vec<String> = Vec::new();
@@ -127,7 +129,9 @@ fn domain_taken(domain: &str, ours: bool) -> DomainError {
     DomainError::exists(
         "DOMAIN_TAKEN",
         if ours {
-            format!("{domain} is already on another single sign-on connection of this organization: remove it there first")
+            format!(
+                "{domain} is already on another single sign-on connection of this organization: remove it there first"
+            )
         } else {
             format!("{domain} already belongs to another organization's single sign-on connection")
         },
@@ -242,11 +246,10 @@ impl App {
             org_id: id.clone(),
             issuer: new.issuer,
             client_id: new.client_id,
-            client_secret: self
-                .settings
-                .identity
-                .sealer
-                .seal(&secret_context(&connection_id), new.client_secret.as_bytes()),
+            client_secret: self.settings.identity.sealer.seal(
+                &secret_context(&connection_id),
+                new.client_secret.as_bytes(),
+            ),
             redirect_uris: encode_uris(&new.redirect_uris),
             default_role: role.key,
             jit_provisioning: new.jit_provisioning,
@@ -275,9 +278,7 @@ impl App {
         ctx: &RequestCtx,
         org_id: &OrgId,
     ) -> AppResult<Vec<ConnectionView>> {
-        let org = self
-            .readable_org(ctx, &org_id.to_string(), MANAGE)
-            .await?;
+        let org = self.readable_org(ctx, &org_id.to_string(), MANAGE).await?;
         let c = self.store.conn();
         let mut out = Vec::new();
         for row in sso::connections_of(c, &org.id).await? {

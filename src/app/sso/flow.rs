@@ -7,11 +7,13 @@ use serde_json::json;
 
 use super::provider::Client;
 use super::*;
-use crate::app::{AppError, RequestCtx};
 use crate::app::identity::{SessionKind, SignIn, UserStatus};
 use crate::app::write::{Authority, Effect, Event};
+use crate::app::{AppError, RequestCtx};
 use crate::domain::ids::{ConnectionId, EventId, OrgId, UserId};
-use crate::domain::sso::{Expected, IdClaims, IdTokenError, pkce_challenge, verified_email, verify_id_token};
+use crate::domain::sso::{
+    Expected, IdClaims, IdTokenError, pkce_challenge, verified_email, verify_id_token,
+};
 use crate::domain::token::{hash_secret, new_secret};
 use crate::store::audit;
 use crate::store::identity as ids_store;
@@ -120,13 +122,12 @@ impl App {
     /// Starts a sign-in: the URL to send the browser to. Nothing about accounts is read, so
     /// the answer says nothing about who has one.
     #[tracing::instrument(skip_all)]
-    pub async fn start_sso(
-        &self,
-        target: SsoTarget,
-        redirect_uri: &str,
-    ) -> AppResult<StartedSso> {
+    pub async fn start_sso(&self, target: SsoTarget, redirect_uri: &str) -> AppResult<StartedSso> {
         let conn = self.connection_for(&target).await?;
-        if !decode_uris(&conn.redirect_uris).iter().any(|u| u == redirect_uri) {
+        if !decode_uris(&conn.redirect_uris)
+            .iter()
+            .any(|u| u == redirect_uri)
+        {
             return Err(DomainError::invalid_because(
                 "redirect_uri",
                 "SSO_REDIRECT_URI_NOT_ALLOWED",
@@ -163,12 +164,13 @@ impl App {
         )
         .await?;
         tx.commit().await?;
-        let mut url = reqwest::Url::parse(&meta.discovery.authorization_endpoint).map_err(|_| {
-            DomainError::unavailable(
-                "SSO_PROVIDER_UNAVAILABLE",
-                "the provider's authorization_endpoint is not a URL",
-            )
-        })?;
+        let mut url =
+            reqwest::Url::parse(&meta.discovery.authorization_endpoint).map_err(|_| {
+                DomainError::unavailable(
+                    "SSO_PROVIDER_UNAVAILABLE",
+                    "the provider's authorization_endpoint is not a URL",
+                )
+            })?;
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("response_type", "code")
@@ -239,7 +241,10 @@ impl App {
             return Err(state_unknown().into());
         };
         let Some(conn) = sso::find_connection(c, &pending.connection_id).await? else {
-            tracing::info!(reason = "SSO_STATE_UNKNOWN", "single sign-on failed: connection gone");
+            tracing::info!(
+                reason = "SSO_STATE_UNKNOWN",
+                "single sign-on failed: connection gone"
+            );
             return Err(state_unknown().into());
         };
         match self.redeem(ctx, &conn, &pending, code, now).await {
@@ -291,7 +296,10 @@ impl App {
         }
         let sealer = &self.settings.identity.sealer;
         let verifier = sealer
-            .open(&verifier_context(&pending.state_hash), &pending.pkce_verifier)
+            .open(
+                &verifier_context(&pending.state_hash),
+                &pending.pkce_verifier,
+            )
             .and_then(|v| String::from_utf8(v).ok())
             .ok_or_else(|| anon(state_unknown().into()))?;
         let secret = sealer
@@ -307,7 +315,10 @@ impl App {
                 )
             })?;
         let providers = &self.sso.providers;
-        let mut meta = providers.metadata(&conn.issuer).await.map_err(|e| anon(e.into()))?;
+        let mut meta = providers
+            .metadata(&conn.issuer)
+            .await
+            .map_err(|e| anon(e.into()))?;
         let client = Client {
             client_id: &conn.client_id,
             client_secret: &secret,
@@ -334,8 +345,8 @@ impl App {
         let domains = sso::domains_of(self.store.conn(), &conn.id)
             .await
             .map_err(|e| anon(e.into()))?;
-        let email = verified_email(&claims, &verified_domains(&domains))
-            .map_err(|e| anon(e.into()))?;
+        let email =
+            verified_email(&claims, &verified_domains(&domains)).map_err(|e| anon(e.into()))?;
         self.sign_in_linked(ctx, conn, &claims, &email, now).await
     }
 
@@ -356,7 +367,9 @@ impl App {
             .map_err(lift)?;
         let user = match &linked {
             Some(l) => users::find(c, &l.user_id).await.map_err(lift)?,
-            None => users::find_by_email(c, email.as_str()).await.map_err(lift)?,
+            None => users::find_by_email(c, email.as_str())
+                .await
+                .map_err(lift)?,
         };
         let known = user.as_ref().map(|u| u.id.clone());
         let fail = |e: DomainError| (known.clone(), AppError::from(e));
@@ -417,7 +430,8 @@ impl App {
         now: DateTime<Utc>,
     ) -> AppResult<()> {
         let tx = self.store.write().await?;
-        self.link(&*tx, conn, user, linked, claims, email, now).await?;
+        self.link(&*tx, conn, user, linked, claims, email, now)
+            .await?;
         let row = self.audit_event(
             ctx,
             &conn.org_id,
@@ -530,7 +544,10 @@ impl App {
             )
             .into());
         }
-        if members::find(w.conn(), &conn.org_id, &user.id).await?.is_none() {
+        if members::find(w.conn(), &conn.org_id, &user.id)
+            .await?
+            .is_none()
+        {
             self.ensure_seat(w.conn(), &w.org).await?;
             members::insert(
                 w.conn(),
@@ -546,13 +563,15 @@ impl App {
         let linked = sso::find_identity(w.conn(), &claims.iss, &claims.sub).await?;
         self.link(w.conn(), conn, &user, linked.as_ref(), claims, email, now)
             .await?;
-        w.commit([Event::new("member.provisioned", format!("user:{}", user.id)).after(json!({
-            "user_id": user.id,
-            "email": user.email,
-            "role": role.key,
-            "connection_id": conn.id,
-        }))])
-            .await?;
+        w.commit([
+            Event::new("member.provisioned", format!("user:{}", user.id)).after(json!({
+                "user_id": user.id,
+                "email": user.email,
+                "role": role.key,
+                "connection_id": conn.id,
+            })),
+        ])
+        .await?;
         Ok(user)
     }
 }

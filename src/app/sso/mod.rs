@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{AppResult, App};
+use super::{App, AppResult};
 use crate::domain::DomainError;
 use crate::domain::email::Email;
 use crate::domain::sso::{email_domain, verification_record};

@@ -57,7 +57,9 @@ pub(super) struct Providers {
 fn unavailable(what: &str) -> DomainError {
     DomainError::unavailable(
         "SSO_PROVIDER_UNAVAILABLE",
-        format!("the identity provider did not answer {what} usably: retry shortly, or check the connection's issuer"),
+        format!(
+            "the identity provider did not answer {what} usably: retry shortly, or check the connection's issuer"
+        ),
     )
 }
 
@@ -108,7 +110,7 @@ impl Providers {
         what: &str,
     ) -> Result<T, DomainError> {
         let resp = self.http.get(url).send().await.map_err(|e| {
-            tracing::warn!(host = %host_of(url), error = %e.without_url(), "{what}: request failed");
+            tracing::warn!(host = %host_of(url), error = %chain(&e.without_url()), "{what}: request failed");
             unavailable(what)
         })?;
         let status = resp.status();
@@ -140,7 +142,9 @@ impl Providers {
                 ),
             ));
         }
-        let keys: JwkSet = self.get_json(&discovery.jwks_uri, "the key request").await?;
+        let keys: JwkSet = self
+            .get_json(&discovery.jwks_uri, "the key request")
+            .await?;
         let now = Instant::now();
         Ok(Metadata {
             discovery,
@@ -223,7 +227,7 @@ impl Providers {
             req = req.header(reqwest::header::AUTHORIZATION, format!("Basic {basic}"));
         }
         let resp = req.form(&form).send().await.map_err(|e| {
-            tracing::warn!(host = %host_of(endpoint), error = %e.without_url(), "token request failed");
+            tracing::warn!(host = %host_of(endpoint), error = %chain(&e.without_url()), "token request failed");
             unavailable("the token request")
         })?;
         let status = resp.status();
@@ -261,6 +265,18 @@ impl Providers {
                 }
             })
     }
+}
+
+/// An error with its causes (reqwest's own message hides them), never a URL.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, ()> {
