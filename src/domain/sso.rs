@@ -459,4 +459,103 @@ mod tests {
             IdTokenError::Malformed
         );
     }
+
+    /// A provider key: an ES256 signing key (PKCS#8) and its JWK.
+    fn provider_key(kid: &str) -> (jsonwebtoken::EncodingKey, Jwk) {
+        use jsonwebtoken::jwk::{
+            AlgorithmParameters, CommonParameters, EllipticCurve, EllipticCurveKeyParameters,
+            EllipticCurveKeyType,
+        };
+        let pair = rcgen::KeyPair::generate().unwrap();
+        let raw = pair.public_key_raw();
+        assert_eq!(raw.len(), 65, "an uncompressed P-256 point");
+        let jwk = Jwk {
+            common: CommonParameters {
+                key_id: Some(kid.into()),
+                ..CommonParameters::default()
+            },
+            algorithm: AlgorithmParameters::EllipticCurve(EllipticCurveKeyParameters {
+                key_type: EllipticCurveKeyType::EC,
+                curve: EllipticCurve::P256,
+                x: URL_SAFE_NO_PAD.encode(&raw[1..33]),
+                y: URL_SAFE_NO_PAD.encode(&raw[33..]),
+            }),
+        };
+        let key = jsonwebtoken::EncodingKey::from_ec_der(&pair.serialize_der());
+        (key, jwk)
+    }
+
+    fn id_token(key: &jsonwebtoken::EncodingKey, kid: &str, claims: &Value) -> String {
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, claims, key).unwrap()
+    }
+
+    #[test]
+    fn id_tokens_are_checked_claim_by_claim() {
+        let (key, jwk) = provider_key("k1");
+        let keys = JwkSet { keys: vec![jwk] };
+        let expect = Expected {
+            issuer: "https://idp.example.com",
+            client_id: "client-1",
+            nonce: "nonce-1",
+            now: 1_000_000,
+        };
+        let good = serde_json::json!({
+            "iss": "https://idp.example.com", "aud": "client-1", "sub": "u1",
+            "exp": 1_000_300, "nonce": "nonce-1", "email": "a@acme.test", "email_verified": true,
+        });
+        let claims = verify_id_token(&id_token(&key, "k1", &good), &keys, &expect).unwrap();
+        assert_eq!(claims.sub, "u1");
+
+        let with = |field: &str, v: Value| {
+            let mut c = good.clone();
+            c[field] = v;
+            id_token(&key, "k1", &c)
+        };
+        let cases = [
+            (with("aud", "client-2".into()), IdTokenError::Audience),
+            (
+                with("iss", "https://evil.example.com".into()),
+                IdTokenError::Issuer,
+            ),
+            (with("exp", (1_000_000 - 61).into()), IdTokenError::Expired),
+            (with("nonce", "nonce-2".into()), IdTokenError::Nonce),
+            (with("nonce", Value::Null), IdTokenError::Nonce),
+            (
+                with("aud", serde_json::json!(["client-1", "client-2"])),
+                IdTokenError::Audience,
+            ),
+            (id_token(&key, "k2", &good), IdTokenError::UnknownKey),
+        ];
+        for (token, want) in cases {
+            assert_eq!(verify_id_token(&token, &keys, &expect).unwrap_err(), want);
+        }
+        // Several audiences are fine when the token was issued to us (azp).
+        let mut multi = good.clone();
+        multi["aud"] = serde_json::json!(["client-1", "client-2"]);
+        multi["azp"] = "client-1".into();
+        assert!(verify_id_token(&id_token(&key, "k1", &multi), &keys, &expect).is_ok());
+        // Signed by another key under the same kid: a bad signature.
+        let (other, _) = provider_key("k1");
+        assert_eq!(
+            verify_id_token(&id_token(&other, "k1", &good), &keys, &expect).unwrap_err(),
+            IdTokenError::Signature
+        );
+        // Tampered payload.
+        let token = id_token(&key, "k1", &good);
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let forged = URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(&serde_json::json!({
+                "iss": "https://idp.example.com", "aud": "client-1", "sub": "admin",
+                "exp": 1_000_300, "nonce": "nonce-1",
+            }))
+            .unwrap(),
+        );
+        parts[1] = &forged;
+        assert_eq!(
+            verify_id_token(&parts.join("."), &keys, &expect).unwrap_err(),
+            IdTokenError::Signature
+        );
+    }
 }
