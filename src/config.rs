@@ -116,6 +116,8 @@ pub struct SsoConfig {
     /// How long a provider's discovery document and keys are reused (a token signed with an
     /// unknown key fetches the keys again at once).
     pub metadata_ttl_secs: u64,
+    /// StartSso calls one caller may make per 10 minutes (each stores a pending sign-in).
+    pub max_starts_per_caller: u32,
 }
 
 impl Default for SsoConfig {
@@ -125,6 +127,7 @@ impl Default for SsoConfig {
             state_ttl_secs: 600,
             http_timeout_ms: 10_000,
             metadata_ttl_secs: 3600,
+            max_starts_per_caller: 300,
         }
     }
 }
@@ -145,6 +148,9 @@ impl SsoConfig {
         }
         if !(1..=7 * 24 * 3600).contains(&self.metadata_ttl_secs) {
             return range("sso.metadata_ttl_secs", "must be 1 to 604800");
+        }
+        if self.max_starts_per_caller == 0 {
+            return range("sso.max_starts_per_caller", "must be at least 1");
         }
         Ok(())
     }

@@ -28,6 +28,7 @@ on_both_backends!(
     disabled_accounts_and_non_members_without_jit_are_refused,
     hostile_callers_cannot_touch_connections,
     only_the_operator_verifies_a_domain_without_dns,
+    start_sso_is_limited_per_caller,
 );
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -1061,5 +1062,28 @@ async fn only_the_operator_verifies_a_domain_without_dns(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(started.connection_id, conn.id);
+    s.stop().await;
+}
+
+async fn start_sso_is_limited_per_caller(backend: Backend) {
+    let s = TestServer::spawn_with(backend, |c| {
+        sso_config(c);
+        c.sso.max_starts_per_caller = 3;
+    })
+    .await;
+    let setup = setup(&s, true, false).await;
+    for _ in 0..3 {
+        start_by_org(&s, &setup.org).await;
+    }
+    let r = identity(&s)
+        .start_sso(pb::StartSsoRequest {
+            target: Some(pb::start_sso_request::Target::OrgId(setup.org.clone())),
+            redirect_uri: REDIRECT.into(),
+            connection_id: String::new(),
+        })
+        .await;
+    assert_error(&unwrap_err(r), Code::ResourceExhausted, "TOO_MANY_REQUESTS");
+    s.clock.advance(chrono::Duration::minutes(11));
+    start_by_org(&s, &setup.org).await;
     s.stop().await;
 }

@@ -35,6 +35,8 @@ pub struct SsoSettings {
     pub http_timeout: Duration,
     pub metadata_ttl: Duration,
     pub dns_resolver: Option<SocketAddr>,
+    /// StartSso calls per caller per 10 minutes (enforced by the transport).
+    pub max_starts_per_caller: u32,
 }
 
 impl Default for SsoSettings {
@@ -50,6 +52,7 @@ impl SsoSettings {
             http_timeout: Duration::from_millis(c.http_timeout_ms),
             metadata_ttl: Duration::from_secs(c.metadata_ttl_secs),
             dns_resolver: c.dns_resolver,
+            max_starts_per_caller: c.max_starts_per_caller,
         }
     }
 }
@@ -68,6 +71,10 @@ impl Sso {
             settings,
             providers,
         })
+    }
+
+    pub fn settings(&self) -> &SsoSettings {
+        &self.settings
     }
 }
 

@@ -19,6 +19,9 @@ use crate::domain::DomainError;
 
 /// Largest discovery document, JWKS or token response read.
 const MAX_BODY: usize = 1024 * 1024;
+/// Issuers whose metadata is kept; past it the cache starts over (issuers are those of
+/// connections, and of connections being created by their orgs' owners).
+const MAX_CACHED_ISSUERS: usize = 1000;
 /// A JWKS is fetched again for an unknown `kid` at most this often per issuer.
 const MIN_KEY_REFRESH: Duration = Duration::from_secs(5);
 
@@ -162,10 +165,11 @@ impl Providers {
             return Ok(m.clone());
         }
         let fresh = Arc::new(self.fetch(issuer).await?);
-        self.cache
-            .lock()
-            .await
-            .insert(issuer.to_owned(), fresh.clone());
+        let mut cache = self.cache.lock().await;
+        if cache.len() >= MAX_CACHED_ISSUERS {
+            cache.clear();
+        }
+        cache.insert(issuer.to_owned(), fresh.clone());
         Ok(fresh)
     }
 
