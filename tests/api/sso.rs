@@ -487,6 +487,18 @@ async fn the_whole_code_flow_provisions_a_member_and_signs_a_session(backend: Ba
         .expect("member.provisioned audited");
     assert_eq!(provisioned.actor_user_id, user.id);
     assert!(events.iter().any(|e| e.action == "sso.connection_created"));
+    // On the change feed too (sign-in activity is not).
+    use teamgate::store::entities::changes;
+    let fed: Vec<String> = changes::Entity::find()
+        .filter(changes::Column::OrgId.eq(org.as_str()))
+        .all(s.app().store.conn())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.action)
+        .collect();
+    assert!(fed.iter().any(|a| a == "member.provisioned"), "{fed:?}");
+    assert!(!fed.iter().any(|a| a == "user.signed_in"), "{fed:?}");
     assert!(events.iter().any(|e| e.action == "sso.domain_verified"));
 
     // The same state and code again: refused, and nothing new is created.
