@@ -60,7 +60,7 @@ fn spawn_fixture(mut cmd: Command, what: &str) -> Fixture {
 }
 
 /// The OpenID provider's issuer URL.
-fn issuer() -> &'static str {
+pub(crate) fn issuer() -> &'static str {
     static OP: OnceLock<Fixture> = OnceLock::new();
     let op = OP.get_or_init(|| {
         let dir = repo_path("tests/fixtures/oidc");
@@ -99,13 +99,13 @@ fn dns() -> &'static Dns {
     })
 }
 
-fn dns_addr() -> std::net::SocketAddr {
+pub(crate) fn dns_addr() -> std::net::SocketAddr {
     let port = dns().fixture.line["port"].as_u64().unwrap();
     format!("127.0.0.1:{port}").parse().unwrap()
 }
 
 /// Publishes a TXT record (the server reads the file on every query).
-fn publish_txt(domain: &str, record: &str) {
+pub(crate) fn publish_txt(domain: &str, record: &str) {
     let d = dns();
     let _g = d.lock.lock().unwrap();
     let raw = std::fs::read_to_string(&d.records).unwrap();
@@ -121,7 +121,7 @@ fn publish_txt(domain: &str, record: &str) {
     std::fs::rename(tmp, &d.records).unwrap();
 }
 
-fn unique_domain() -> String {
+pub(crate) fn unique_domain() -> String {
     format!("d{}.test", uuid::Uuid::now_v7().simple())
 }
 
@@ -132,13 +132,13 @@ fn http() -> reqwest::Client {
         .unwrap()
 }
 
-struct OpClient {
-    id: String,
-    secret: String,
+pub(crate) struct OpClient {
+    pub id: String,
+    pub secret: String,
 }
 
 /// Registers a confidential client at the provider (dynamic client registration).
-async fn register_client(redirect_uri: &str) -> OpClient {
+pub(crate) async fn register_client(redirect_uri: &str) -> OpClient {
     let body = serde_json::json!({
         "redirect_uris": [redirect_uri],
         "grant_types": ["authorization_code"],
@@ -165,7 +165,7 @@ async fn register_client(redirect_uri: &str) -> OpClient {
 }
 
 /// Sets an account's claims at the provider; returns its `sub`.
-async fn set_account(sub: &str, email: &str, verified: bool) -> String {
+pub(crate) async fn set_account(sub: &str, email: &str, verified: bool) -> String {
     let claims = serde_json::json!({
         "email": email, "email_verified": verified, "given_name": "Sam", "family_name": "Single",
     });
@@ -179,13 +179,16 @@ async fn set_account(sub: &str, email: &str, verified: bool) -> String {
     sub.to_owned()
 }
 
-fn new_sub() -> String {
+pub(crate) fn new_sub() -> String {
     format!("acct-{}", uuid::Uuid::now_v7().simple())
 }
 
 /// Follows the authorization URL through the provider as a browser would (cookies kept,
 /// redirects followed by hand), logging in as `sub`; returns the query of the redirect back.
-async fn log_in_at_provider(authorization_url: &str, sub: &str) -> HashMap<String, String> {
+pub(crate) async fn log_in_at_provider(
+    authorization_url: &str,
+    sub: &str,
+) -> HashMap<String, String> {
     let client = http();
     let mut cookies: HashMap<String, String> = HashMap::new();
     let mut url = authorization_url.to_owned();
@@ -229,7 +232,7 @@ async fn log_in_at_provider(authorization_url: &str, sub: &str) -> HashMap<Strin
     panic!("too many redirects at the provider");
 }
 
-const REDIRECT: &str = "http://127.0.0.1:9/sso/callback";
+pub(crate) const REDIRECT: &str = "http://127.0.0.1:9/sso/callback";
 
 async fn spawn(backend: Backend) -> TestServer {
     TestServer::spawn_with(backend, sso_config).await
