@@ -29,6 +29,7 @@ on_both_backends!(
     hostile_callers_cannot_touch_connections,
     only_the_operator_verifies_a_domain_without_dns,
     start_sso_is_limited_per_caller,
+    jit_provisioning_respects_the_plans_seats,
 );
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -281,7 +282,11 @@ fn create_request(
 
 /// An org (plan `team`) with a connection for a fresh domain, verified through DNS.
 async fn setup(s: &TestServer, jit: bool, enforce: bool) -> Setup {
-    let (org, owner) = s.org("Acme", "team").await;
+    setup_on_plan(s, "team", jit, enforce).await
+}
+
+async fn setup_on_plan(s: &TestServer, plan: &str, jit: bool, enforce: bool) -> Setup {
+    let (org, owner) = s.org("Acme", plan).await;
     let domain = unique_domain();
     let client = register_client(REDIRECT).await;
     let created = team(s)
@@ -1100,5 +1105,36 @@ async fn start_sso_is_limited_per_caller(backend: Backend) {
     assert_error(&unwrap_err(r), Code::ResourceExhausted, "TOO_MANY_REQUESTS");
     s.clock.advance(chrono::Duration::minutes(11));
     start_by_org(&s, &setup.org).await;
+    s.stop().await;
+}
+
+async fn jit_provisioning_respects_the_plans_seats(backend: Backend) {
+    let s = spawn(backend).await;
+    // The free plan has 5 seats: the owner and 4 members fill it.
+    let setup = setup_on_plan(&s, "free", true, false).await;
+    for _ in 0..4 {
+        s.member(&setup.org, &setup.owner, "member").await;
+    }
+    let sub = set_account(&new_sub(), &format!("late@{}", setup.domain), true).await;
+    assert_error(
+        &unwrap_err(sso_sign_in(&s, &setup.org, &sub).await),
+        Code::FailedPrecondition,
+        "PLAN_SEAT_LIMIT",
+    );
+    assert_eq!(s.members(&setup.org, &setup.owner).await.len(), 5);
+    // Rolled back whole: no account was left behind for the address.
+    let user = teamgate::store::users::find_by_email(
+        s.app().store.conn(),
+        &format!("late@{}", setup.domain),
+    )
+    .await
+    .unwrap();
+    assert!(user.is_none());
+    let events = audit_actions(&s, &setup.org, &setup.owner).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "sso.sign_in_failed" && e.after.contains("PLAN_SEAT_LIMIT"))
+    );
     s.stop().await;
 }
