@@ -592,6 +592,34 @@ async fn unknown_expired_and_misdirected_sign_ins_fail_distinctly(backend: Backe
     assert!(!failed[0].after.contains(&back["code"]));
     assert!(!failed[0].after.contains(&back["state"]));
     assert_eq!(s.members(&setup.org, &setup.owner).await.len(), 1);
+
+    // With two connections, StartSso by org needs to be told which.
+    let second = team(&s)
+        .create_sso_connection(as_actor(
+            &setup.owner,
+            create_request(&setup.org, &setup.client, &[&unique_domain()], false, false),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap();
+    let by_org = |connection_id: &str| pb::StartSsoRequest {
+        target: Some(pb::start_sso_request::Target::OrgId(setup.org.clone())),
+        redirect_uri: REDIRECT.into(),
+        connection_id: connection_id.into(),
+    };
+    assert_error(
+        &unwrap_err(identity(&s).start_sso(by_org("")).await),
+        Code::InvalidArgument,
+        "SSO_CONNECTION_AMBIGUOUS",
+    );
+    let picked = identity(&s)
+        .start_sso(by_org(&second.id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(picked.connection_id, second.id);
     s.stop().await;
 }
 
