@@ -29,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/teamgate/v1/team.proto",
         "proto/teamgate/v1/authz.proto",
         "proto/teamgate/v1/identity.proto",
+        "proto/teamgate/v1/sso.proto",
         "proto/google/rpc/status.proto",
         "proto/google/rpc/error_details.proto",
     ];

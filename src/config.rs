@@ -98,6 +98,62 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// The change feed: WatchChanges streams and webhooks.
     pub feed: FeedConfig,
+    /// Single sign-on through organizations' OpenID Connect providers.
+    pub sso: SsoConfig,
+}
+
+/// Single sign-on (`[sso]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SsoConfig {
+    /// The DNS server (`host:port`, UDP) that domain verification asks for TXT records; the
+    /// system's resolvers when absent.
+    pub dns_resolver: Option<SocketAddr>,
+    /// How long a sign-in started with StartSso may take to complete.
+    pub state_ttl_secs: u64,
+    /// Timeout of one request to a provider (discovery, keys, token exchange).
+    pub http_timeout_ms: u64,
+    /// How long a provider's discovery document and keys are reused (a token signed with an
+    /// unknown key fetches the keys again at once).
+    pub metadata_ttl_secs: u64,
+    /// StartSso calls one caller may make per 10 minutes (each stores a pending sign-in).
+    pub max_starts_per_caller: u32,
+}
+
+impl Default for SsoConfig {
+    fn default() -> Self {
+        SsoConfig {
+            dns_resolver: None,
+            state_ttl_secs: 600,
+            http_timeout_ms: 10_000,
+            metadata_ttl_secs: 3600,
+            max_starts_per_caller: 300,
+        }
+    }
+}
+
+impl SsoConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let range = |key: &'static str, message: &str| {
+            Err(ConfigError::Range {
+                key,
+                message: message.into(),
+            })
+        };
+        if !(10..=3600).contains(&self.state_ttl_secs) {
+            return range("sso.state_ttl_secs", "must be 10 to 3600");
+        }
+        if !(100..=120_000).contains(&self.http_timeout_ms) {
+            return range("sso.http_timeout_ms", "must be 100 to 120000");
+        }
+        if !(1..=7 * 24 * 3600).contains(&self.metadata_ttl_secs) {
+            return range("sso.metadata_ttl_secs", "must be 1 to 604800");
+        }
+        if self.max_starts_per_caller == 0 {
+            return range("sso.max_starts_per_caller", "must be at least 1");
+        }
+        Ok(())
+    }
 }
 
 /// The change feed (`WatchChanges` and webhooks).
@@ -624,6 +680,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: None,
             feed: FeedConfig::default(),
+            sso: SsoConfig::default(),
         }
     }
 }
@@ -870,6 +927,7 @@ impl Config {
         self.telemetry.validate(self.listen)?;
         self.ext_authz.validate()?;
         self.feed.validate()?;
+        self.sso.validate()?;
         if self.server.max_message_bytes < 1024 {
             return range("server.max_message_bytes", "must be at least 1024");
         }

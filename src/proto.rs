@@ -22,8 +22,23 @@ pub mod status {
     pub const ERROR_DOMAIN: &str = "teamgate";
 
     pub fn status(code: Code, message: String, reason: &str, field: Option<&str>) -> Status {
+        status_with(code, message, reason, field, &[])
+    }
+
+    /// [`status`] with `ErrorInfo` metadata.
+    pub fn status_with(
+        code: Code,
+        message: String,
+        reason: &str,
+        field: Option<&str>,
+        metadata: &[(&str, String)],
+    ) -> Status {
         let mut details = ErrorDetails::new();
-        details.set_error_info(reason, ERROR_DOMAIN, HashMap::<String, String>::new());
+        let metadata: HashMap<String, String> = metadata
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        details.set_error_info(reason, ERROR_DOMAIN, metadata);
         if let Some(field) = field {
             details.add_bad_request_violation(field, message.clone());
         }

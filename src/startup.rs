@@ -285,6 +285,7 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
         },
         decisions,
         on_commit: std::sync::OnceLock::new(),
+        sso: crate::app::sso::Sso::new(crate::app::sso::SsoSettings::from_config(&config.sso))?,
     });
 
     // SMTP or a webhook when configured; otherwise the caller's sink (the log by default).

@@ -6,8 +6,8 @@ use crate::app::AppError;
 use crate::app::StoreError;
 use crate::domain::DomainError;
 
-use crate::proto::status::status;
 pub use crate::proto::status::{ERROR_DOMAIN, with_reason};
+use crate::proto::status::{status, status_with};
 
 impl From<DomainError> for Status {
     fn from(e: DomainError) -> Status {
@@ -26,17 +26,17 @@ impl From<DomainError> for Status {
             DomainError::AlreadyExists { message, .. } => {
                 status(Code::AlreadyExists, message, reason, None)
             }
-            DomainError::Precondition { message, .. } => {
-                status(Code::FailedPrecondition, message, reason, None)
+            DomainError::Precondition {
+                message, metadata, ..
+            } => status_with(Code::FailedPrecondition, message, reason, None, &metadata),
+            DomainError::Unavailable { message, .. } => {
+                status(Code::Unavailable, message, reason, None)
             }
             DomainError::Exhausted { message, .. } => {
                 status(Code::ResourceExhausted, message, reason, None)
             }
             DomainError::OutOfRange { message, .. } => {
                 status(Code::OutOfRange, message, reason, None)
-            }
-            DomainError::Unavailable { message, .. } => {
-                status(Code::Unavailable, message, reason, None)
             }
         }
     }

@@ -8,7 +8,7 @@ use super::caller::caller_id;
 use super::context::ctx;
 use super::convert::timestamp;
 use super::error::with_reason;
-use super::limits::IdentityLimits;
+use super::limits::{FailureLimiter, IdentityLimits};
 use crate::app::App;
 use crate::app::identity::{Account, SignInOutcome, UserRef, UserStatus};
 use crate::config::IdentityConfig;
@@ -26,12 +26,23 @@ const MAX_INPUT_BYTES: usize = 1024;
 pub struct IdentityApi {
     app: Arc<App>,
     limits: IdentityLimits,
+    /// StartSso calls per caller: each stores a pending sign-in.
+    sso_starts: FailureLimiter,
 }
 
 impl IdentityApi {
     pub fn new(app: Arc<App>, config: &IdentityConfig) -> Self {
         let limits = IdentityLimits::from_config(app.clock.clone(), config);
-        IdentityApi { app, limits }
+        let sso_starts = FailureLimiter::new(
+            app.clock.clone(),
+            app.sso.settings().max_starts_per_caller,
+            chrono::Duration::minutes(10),
+        );
+        IdentityApi {
+            app,
+            limits,
+            sso_starts,
+        }
     }
 
     /// Sets two-factor on or off; a wrong code counts against the caller like a failed
@@ -293,5 +304,40 @@ impl IdentityService for IdentityApi {
             .set_totp(&request, &req.user_id, &req.code, false)
             .await?;
         Ok(Response::new(pb::DisableTotpResponse { consistency_token }))
+    }
+
+    async fn start_sso(
+        &self,
+        request: Request<pb::StartSsoRequest>,
+    ) -> Result<Response<pb::StartSsoResponse>, Status> {
+        let caller = caller_id(&request)?;
+        self.sso_starts.take(&caller).map_err(|wait| {
+            with_reason(
+                tonic::Code::ResourceExhausted,
+                "TOO_MANY_REQUESTS",
+                format!("too many single sign-on starts: retry in {wait} s"),
+            )
+        })?;
+        super::sso::start(&self.app, request).await
+    }
+
+    /// Unknown states count against the caller like failed sign-ins: a state is a bearer
+    /// secret, and guessing one is guessing a sign-in.
+    async fn complete_sso(
+        &self,
+        request: Request<pb::CompleteSsoRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        let ctx = ctx(&request)?;
+        let caller = caller_id(&request)?;
+        let (state, code) = super::sso::flow_fields(request.get_ref())?;
+        let signed_in = self
+            .limits
+            .failures
+            .limit(&caller, self.app.complete_sso(&ctx, state, code), |e| {
+                e.has_reason("SSO_STATE_UNKNOWN")
+            })
+            .await
+            .map_err(too_many)??;
+        Ok(super::sso::completed(signed_in))
     }
 }

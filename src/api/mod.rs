@@ -11,4 +11,5 @@ pub mod identity;
 pub mod limits;
 pub mod middleware;
 pub mod paging;
+pub mod sso;
 pub mod team;

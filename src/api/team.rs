@@ -592,4 +592,39 @@ impl TeamService for TeamApi {
             .map(|item| item.map_err(Status::from));
         Ok(Response::new(Box::pin(stream) as ChangeStream))
     }
+
+    async fn create_sso_connection(
+        &self,
+        request: Request<pb::CreateSsoConnectionRequest>,
+    ) -> Result<Response<pb::CreateSsoConnectionResponse>, Status> {
+        super::sso::create_connection(&self.app, request).await
+    }
+
+    async fn list_sso_connections(
+        &self,
+        request: Request<pb::ListSsoConnectionsRequest>,
+    ) -> Result<Response<pb::ListSsoConnectionsResponse>, Status> {
+        super::sso::list_connections(&self.app, request).await
+    }
+
+    async fn update_sso_connection(
+        &self,
+        request: Request<pb::UpdateSsoConnectionRequest>,
+    ) -> Result<Response<pb::UpdateSsoConnectionResponse>, Status> {
+        super::sso::update_connection(&self.app, request).await
+    }
+
+    async fn delete_sso_connection(
+        &self,
+        request: Request<pb::DeleteSsoConnectionRequest>,
+    ) -> Result<Response<pb::DeleteSsoConnectionResponse>, Status> {
+        super::sso::delete_connection(&self.app, request).await
+    }
+
+    async fn verify_sso_domain(
+        &self,
+        request: Request<pb::VerifySsoDomainRequest>,
+    ) -> Result<Response<pb::VerifySsoDomainResponse>, Status> {
+        super::sso::verify_domain(&self.app, request).await
+    }
 }

@@ -8,6 +8,7 @@ pub mod invitations;
 pub mod members;
 pub mod orgs;
 pub mod roles;
+pub mod sso;
 mod write;
 
 use std::sync::Arc;
@@ -130,6 +131,8 @@ pub struct App {
     pub decisions: Decisions,
     /// Called after every commit on this replica (the change feed's wake-up).
     pub on_commit: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Single sign-on: settings, the providers' HTTP client and cached metadata.
+    pub sso: sso::Sso,
 }
 
 /// An authorized actor within one org.

@@ -33,6 +33,11 @@ pub(crate) enum Authority {
     Permission(&'static str),
     /// Any member (leaving an org); the message names `for_message`.
     Membership { for_message: &'static str },
+    /// No member acts: the org's own single sign-on connection provisions `user`, who is
+    /// recorded as the actor. The connection's admin stated the rule (its default role,
+    /// checked against their own grants when they set it); the use case applies the seat
+    /// limit and the role's existence itself.
+    Provisioning { user: crate::domain::ids::UserId },
 }
 
 /// One audit event: the action, its target, and the target's state before and after.
@@ -98,6 +103,17 @@ impl App {
             Authority::Membership { for_message } => {
                 self.acting_member(&*tx, ctx, &org, for_message).await?
             }
+            Authority::Provisioning { user } => ActingMember {
+                user_id: user,
+                role: crate::domain::roles::ResolvedRole {
+                    key: String::new(),
+                    display_name: String::new(),
+                    permissions: Default::default(),
+                    built_in: false,
+                },
+                is_owner: false,
+                org: org.id.clone(),
+            },
         };
         Ok(OrgWrite {
             app: self,

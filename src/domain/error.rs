@@ -38,6 +38,16 @@ pub enum DomainError {
     Precondition {
         reason: &'static str,
         message: String,
+        /// Extra `ErrorInfo` metadata naming what the caller needs next (e.g. `org_id`).
+        metadata: Vec<(&'static str, String)>,
+    },
+    /// The service cannot serve this now (shutting down, or something it depends on — an
+    /// identity provider, a DNS server, the database — did not answer usably): the same
+    /// request may succeed later or on another replica.
+    #[error("{message}")]
+    Unavailable {
+        reason: &'static str,
+        message: String,
     },
     /// Too many attempts: the caller must wait.
     #[error("{message}")]
@@ -48,12 +58,6 @@ pub enum DomainError {
     /// A position outside what is kept (a change-feed cursor older than its retention).
     #[error("{message}")]
     OutOfRange {
-        reason: &'static str,
-        message: String,
-    },
-    /// The service cannot serve this now; the same request may succeed later or elsewhere.
-    #[error("{message}")]
-    Unavailable {
         reason: &'static str,
         message: String,
     },
@@ -105,6 +109,27 @@ impl DomainError {
         DomainError::Precondition {
             reason,
             message: message.into(),
+            metadata: Vec::new(),
+        }
+    }
+
+    /// A precondition failure whose `ErrorInfo` also carries `metadata`.
+    pub fn precondition_with(
+        reason: &'static str,
+        message: impl Into<String>,
+        metadata: Vec<(&'static str, String)>,
+    ) -> Self {
+        DomainError::Precondition {
+            reason,
+            message: message.into(),
+            metadata,
+        }
+    }
+
+    pub fn unavailable(reason: &'static str, message: impl Into<String>) -> Self {
+        DomainError::Unavailable {
+            reason,
+            message: message.into(),
         }
     }
 
@@ -117,13 +142,6 @@ impl DomainError {
 
     pub fn out_of_range(reason: &'static str, message: impl Into<String>) -> Self {
         DomainError::OutOfRange {
-            reason,
-            message: message.into(),
-        }
-    }
-
-    pub fn unavailable(reason: &'static str, message: impl Into<String>) -> Self {
-        DomainError::Unavailable {
             reason,
             message: message.into(),
         }

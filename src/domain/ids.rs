@@ -67,6 +67,7 @@ macro_rules! uuid_id {
 uuid_id!(OrgId, "an organization");
 uuid_id!(UserId, "a user");
 uuid_id!(InvitationId, "an invitation");
+uuid_id!(ConnectionId, "a single sign-on connection");
 uuid_id!(EventId, "an audit event");
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod roles;
 pub mod routes;
 pub mod sealed;
 pub mod session;
+pub mod sso;
 pub mod token;
 pub mod totp;
 

@@ -30,6 +30,12 @@ pub struct Claims {
     pub iat: i64,
     pub exp: i64,
     pub jti: String,
+    /// How the user signed in (RFC 8176), e.g. `["sso"]`; absent for password sign-ins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// The single sign-on connection the user came through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sso_connection: Option<String>,
 }
 
 /// A new key: its 32-byte seed and its public key (base64url).
@@ -97,6 +103,8 @@ mod tests {
             iat: 1,
             exp: 4_000_000_000,
             jti: "j".into(),
+            amr: vec!["sso".into()],
+            sso_connection: Some("c".into()),
         }
     }
 

@@ -422,3 +422,192 @@ scopes = ["admin"]
         }
     }
 }
+
+/// Single sign-on through the real binary at trace level, against the real test provider and
+/// DNS server: the client secret, the state, nonce and code, and the session token never
+/// reach the logs, on success or on a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_sso_secret_reaches_the_logs() {
+    use crate::sso::{
+        REDIRECT, dns_addr, issuer, log_in_at_provider, new_sub, publish_txt, register_client,
+        set_account, unique_domain,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("teamgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen = "127.0.0.1:0"
+
+[database]
+url = "sqlite://{db}?mode=rwc"
+
+[log]
+format = "json"
+
+[server]
+drain_timeout_ms = 5000
+
+[sso]
+dns_resolver = "{dns}"
+"#,
+            db = dir.path().join("teamgate.db").display(),
+            dns = dns_addr(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_teamgate"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "trace")
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = ChildGuard(Some(cmd.spawn().expect("teamgate starts")));
+    let output = Output::default();
+    let readers = {
+        let c = child.0.as_mut().unwrap();
+        [
+            output.drain(c.stdout.take().unwrap()),
+            output.drain(c.stderr.take().unwrap()),
+        ]
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        if let Some(addr) = output.listening() {
+            break addr;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "teamgate did not start:\n{}",
+            output.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut team = TeamServiceClient::new(channel.clone());
+    let mut identity = IdentityServiceClient::new(channel);
+    let created = team
+        .create_organization(pb::CreateOrganizationRequest {
+            name: "Log Test".into(),
+            plan: "team".into(),
+            owner_ref: Some(pb::create_organization_request::OwnerRef::Owner(
+                pb::NewUser {
+                    email: "olga.owner@example.com".into(),
+                    first_name: "Olga".into(),
+                    last_name: "Owner".into(),
+                },
+            )),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let org = created.organization.unwrap().id;
+    let owner = created.owner.unwrap().user_id;
+    let as_owner = |m| {
+        let mut r = Request::new(m);
+        r.metadata_mut()
+            .insert("x-actor-user-id", owner.parse().unwrap());
+        r
+    };
+    let domain = unique_domain();
+    let client = register_client(REDIRECT).await;
+    let conn = team
+        .create_sso_connection(as_owner(pb::CreateSsoConnectionRequest {
+            org_id: org.clone(),
+            issuer: issuer().into(),
+            client_id: client.id.clone(),
+            client_secret: client.secret.clone(),
+            domains: vec![domain.clone()],
+            default_role: "member".into(),
+            jit_provisioning: true,
+            enforce: false,
+            redirect_uris: vec![REDIRECT.into()],
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap();
+    publish_txt(&domain, &conn.domains[0].verification_record);
+    let verify = pb::VerifySsoDomainRequest {
+        org_id: org.clone(),
+        connection_id: conn.id.clone(),
+        domain: domain.clone(),
+        operator_override: false,
+    };
+    let mut r = Request::new(verify);
+    r.metadata_mut()
+        .insert("x-actor-user-id", owner.parse().unwrap());
+    team.verify_sso_domain(r).await.unwrap();
+
+    let email = format!("sam@{domain}");
+    let sub = set_account(&new_sub(), &email, true).await;
+    let started = identity
+        .start_sso(pb::StartSsoRequest {
+            target: Some(pb::start_sso_request::Target::Email(email.clone())),
+            redirect_uri: REDIRECT.into(),
+            connection_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let back = log_in_at_provider(&started.authorization_url, &sub).await;
+    let complete = pb::CompleteSsoRequest {
+        state: back["state"].clone(),
+        code: back["code"].clone(),
+    };
+    let session = identity
+        .complete_sso(complete.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let err = unwrap_err(identity.complete_sso(complete).await);
+    assert_error(&err, Code::FailedPrecondition, "SSO_STATE_USED");
+    let nonce = reqwest::Url::parse(&started.authorization_url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "nonce")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+
+    let status = child.terminate().await;
+    for r in readers {
+        r.join().unwrap();
+    }
+    let logs = output.text();
+    if std::env::var("TEST_LOG").is_ok() {
+        eprintln!("{logs}");
+    }
+    assert!(status.success(), "{status:?}\n{logs}");
+    for expected in [
+        "/teamgate.v1.IdentityService/CompleteSso",
+        "single sign-on failed",
+        "\"level\":\"TRACE\"",
+    ] {
+        assert!(logs.contains(expected), "`{expected}` not logged");
+    }
+    let signature = session.session_token.rsplit('.').next().unwrap().to_owned();
+    let secrets: Vec<(&str, String)> = vec![
+        ("the client secret", client.secret.clone()),
+        ("the state", back["state"].clone()),
+        ("the authorization code", back["code"].clone()),
+        ("the nonce", nonce),
+        ("the session token", session.session_token.clone()),
+        ("the session token's signature", signature),
+    ];
+    for (what, secret) in &secrets {
+        assert!(secret.len() >= 16, "{what} is too short to search for");
+        if let Some(line) = logs.lines().find(|l| l.contains(secret.as_str())) {
+            panic!("{what} appears in the logs:\n{line}");
+        }
+    }
+}

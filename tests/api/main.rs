@@ -23,6 +23,7 @@ mod races;
 mod roles;
 mod security;
 mod server;
+mod sso;
 mod telemetry;
 mod tenancy;
 mod trust;

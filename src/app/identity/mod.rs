@@ -176,6 +176,13 @@ pub struct SignIn {
     pub expires_at: DateTime<Utc>,
 }
 
+/// How a session was earned, as its token says (`amr`, `sso_connection`).
+#[derive(Debug, Clone)]
+pub(crate) enum SessionKind {
+    Password,
+    Sso { connection_id: String },
+}
+
 #[derive(Debug, Clone)]
 pub enum SignInOutcome {
     SignedIn(Box<SignIn>),

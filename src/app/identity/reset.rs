@@ -26,6 +26,12 @@ impl App {
         let user = users::find_by_email(&*tx, email.as_str())
             .await?
             .filter(|u| UserStatus::from_stored(&u.status) == UserStatus::Active);
+        // Members whose domain enforces single sign-on have no password to reset: nothing is
+        // sent, and the answer is the same as for any other address.
+        let user = match user {
+            Some(u) if self.sso_required_for(&*tx, &u).await?.is_some() => None,
+            other => other,
+        };
         let within_limit = recent < u64::from(settings.max_reset_requests_per_email);
         if let (true, Some(user)) = (within_limit, user) {
             // A new link retires the older ones: only the newest email works.
@@ -103,6 +109,11 @@ impl App {
         let user = users::find(&*tx, &row.user_id)
             .await?
             .ok_or_else(|| user_not_found("for this reset link"))?;
+        // A link sent before the organization started enforcing single sign-on sets no
+        // password; the transaction rolls back, so the link is not spent either.
+        if let Some(org_id) = self.sso_required_for(&*tx, &user).await? {
+            return Err(crate::app::sso::sso_required(&org_id).into());
+        }
         ids_store::update_user(
             &*tx,
             &user.id,

@@ -64,6 +64,15 @@ impl App {
             }
             Some(_) => {}
         }
+        // Only after every factor matched: without the password nobody learns that an
+        // account exists or which organization enforces single sign-on for it.
+        if why.is_none()
+            && let Some(u) = &user
+            && let Some(org_id) = self.sso_required_for(c, u).await?
+        {
+            tracing::info!(org_id = %org_id, "password sign-in refused: single sign-on required");
+            return Err(crate::app::sso::sso_required(&org_id).into());
+        }
         let tx = self.store.write().await?;
         // A code counts once: of two sign-ins racing with the same code, only the one that
         // moves the last used step forward gets in.
@@ -124,8 +133,26 @@ impl App {
         )
         .await?;
         tx.commit().await?;
+        self.issue_session(&user, org_ids, SessionKind::Password)
+            .await
+            .map(|s| SignInOutcome::SignedIn(Box::new(s)))
+    }
+
+    /// Signs a session token for `user`, a member of `org_ids`.
+    pub(crate) async fn issue_session(
+        &self,
+        user: &UserRow,
+        org_ids: Vec<String>,
+        kind: SessionKind,
+    ) -> AppResult<SignIn> {
+        let settings = self.identity();
+        let now = self.now();
         let (kid, seed) = self.active_signing_key().await?;
         let expires_at = now + settings.session_ttl;
+        let (amr, sso_connection) = match kind {
+            SessionKind::Password => (Vec::new(), None),
+            SessionKind::Sso { connection_id } => (vec!["sso".to_owned()], Some(connection_id)),
+        };
         let claims = Claims {
             iss: settings.issuer.clone(),
             aud: settings.audience.clone(),
@@ -135,13 +162,15 @@ impl App {
             iat: now.timestamp(),
             exp: expires_at.timestamp(),
             jti: EventId::generate().to_string(),
+            amr,
+            sso_connection,
         };
         let token = session::sign(&seed, &kid, &claims);
-        Ok(SignInOutcome::SignedIn(Box::new(SignIn {
-            user: Account::from(&user),
+        Ok(SignIn {
+            user: Account::from(user),
             token,
             expires_at,
-        })))
+        })
     }
 
     /// The key that signs new tokens: the newest one younger than the rotation period,
