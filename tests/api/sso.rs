@@ -30,6 +30,7 @@ on_both_backends!(
     only_the_operator_verifies_a_domain_without_dns,
     start_sso_is_limited_per_caller,
     jit_provisioning_respects_the_plans_seats,
+    keys_rotated_at_the_provider_are_fetched_again,
 );
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -140,6 +141,10 @@ pub(crate) struct OpClient {
 
 /// Registers a confidential client at the provider (dynamic client registration).
 pub(crate) async fn register_client(redirect_uri: &str) -> OpClient {
+    register_client_at(issuer(), redirect_uri).await
+}
+
+async fn register_client_at(issuer: &str, redirect_uri: &str) -> OpClient {
     let body = serde_json::json!({
         "redirect_uris": [redirect_uri],
         "grant_types": ["authorization_code"],
@@ -147,7 +152,7 @@ pub(crate) async fn register_client(redirect_uri: &str) -> OpClient {
         "token_endpoint_auth_method": "client_secret_basic",
     });
     let resp = http()
-        .post(format!("{}/reg", issuer()))
+        .post(format!("{issuer}/reg"))
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
@@ -167,11 +172,15 @@ pub(crate) async fn register_client(redirect_uri: &str) -> OpClient {
 
 /// Sets an account's claims at the provider; returns its `sub`.
 pub(crate) async fn set_account(sub: &str, email: &str, verified: bool) -> String {
+    set_account_at(issuer(), sub, email, verified).await
+}
+
+async fn set_account_at(issuer: &str, sub: &str, email: &str, verified: bool) -> String {
     let claims = serde_json::json!({
         "email": email, "email_verified": verified, "given_name": "Sam", "family_name": "Single",
     });
     let resp = http()
-        .put(format!("{}/test/accounts/{sub}", issuer()))
+        .put(format!("{issuer}/test/accounts/{sub}"))
         .body(claims.to_string())
         .send()
         .await
@@ -190,11 +199,15 @@ pub(crate) async fn log_in_at_provider(
     authorization_url: &str,
     sub: &str,
 ) -> HashMap<String, String> {
+    log_in_at(issuer(), authorization_url, sub).await
+}
+
+async fn log_in_at(issuer: &str, authorization_url: &str, sub: &str) -> HashMap<String, String> {
     let client = http();
     let mut cookies: HashMap<String, String> = HashMap::new();
     let mut url = authorization_url.to_owned();
     for _ in 0..10 {
-        if !url.starts_with(issuer()) {
+        if !url.starts_with(issuer) {
             let parsed = reqwest::Url::parse(&url).unwrap();
             return parsed.query_pairs().into_owned().collect();
         }
@@ -225,7 +238,7 @@ pub(crate) async fn log_in_at_provider(
         );
         let location = resp.headers()["location"].to_str().unwrap().to_owned();
         url = if location.starts_with('/') {
-            format!("{}{location}", issuer())
+            format!("{issuer}{location}")
         } else {
             location
         };
@@ -1164,5 +1177,68 @@ async fn jit_provisioning_respects_the_plans_seats(backend: Backend) {
             .iter()
             .any(|e| e.action == "sso.sign_in_failed" && e.after.contains("PLAN_SEAT_LIMIT"))
     );
+    s.stop().await;
+}
+
+async fn keys_rotated_at_the_provider_are_fetched_again(backend: Backend) {
+    // A provider of its own: rotating the shared one's key would race other tests.
+    let dir = repo_path("tests/fixtures/oidc");
+    let mut cmd = Command::new("node");
+    cmd.arg("provider.mjs").arg("0").current_dir(dir);
+    let op = spawn_fixture(cmd, "a second OpenID provider (node)");
+    let op_issuer = op.line["issuer"].as_str().unwrap().to_owned();
+    let s = spawn(backend).await;
+    let (org, owner) = s.org("Rotating", "team").await;
+    let domain = unique_domain();
+    let client = register_client_at(&op_issuer, REDIRECT).await;
+    let mut req = create_request(&org, &client, &[&domain], true, false);
+    req.issuer = op_issuer.clone();
+    let conn = team(&s)
+        .create_sso_connection(as_actor(&owner, req))
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap();
+    publish_txt(&domain, &conn.domains[0].verification_record);
+    verify(&s, &org, &owner, &conn.id, &domain).await.unwrap();
+    let sub = set_account_at(&op_issuer, &new_sub(), &format!("rae@{domain}"), true).await;
+    let sign_in = || async {
+        let started = start_by_org(&s, &org).await;
+        let back = log_in_at(&op_issuer, &started.authorization_url, &sub).await;
+        complete(&s, &back["state"], &back["code"]).await
+    };
+    let jwks_kids = || async {
+        let raw = http()
+            .get(format!("{op_issuer}/jwks"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&raw).unwrap();
+        set.keys
+            .iter()
+            .filter_map(|k| k.common.key_id.clone())
+            .collect::<Vec<_>>()
+    };
+    let first = sign_in().await.unwrap().user.unwrap();
+    let before = jwks_kids().await;
+    let rotated = http()
+        .post(format!("{op_issuer}/test/rotate"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), 204);
+    let after = jwks_kids().await;
+    assert!(
+        before.iter().all(|k| !after.contains(k)),
+        "{before:?} {after:?}"
+    );
+    // teamgate still holds the old keys; the new token's kid makes it fetch them again.
+    let second = sign_in().await.unwrap().user.unwrap();
+    assert_eq!(first.id, second.id);
+    drop(op);
     s.stop().await;
 }

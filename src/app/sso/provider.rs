@@ -22,8 +22,6 @@ const MAX_BODY: usize = 1024 * 1024;
 /// Issuers whose metadata is kept; past it the cache starts over (issuers are those of
 /// connections, and of connections being created by their orgs' owners).
 const MAX_CACHED_ISSUERS: usize = 1000;
-/// A JWKS is fetched again for an unknown `kid` at most this often per issuer.
-const MIN_KEY_REFRESH: Duration = Duration::from_secs(5);
 
 /// The discovery fields teamgate uses (OpenID Connect Discovery 1.0 §3).
 #[derive(Debug, Clone, Deserialize)]
@@ -42,7 +40,6 @@ pub(super) struct Metadata {
     pub discovery: Discovery,
     pub keys: JwkSet,
     fetched_at: Instant,
-    keys_fetched_at: Instant,
 }
 
 /// How the client authenticates at the token endpoint.
@@ -148,12 +145,10 @@ impl Providers {
         let keys: JwkSet = self
             .get_json(&discovery.jwks_uri, "the key request")
             .await?;
-        let now = Instant::now();
         Ok(Metadata {
             discovery,
             keys,
-            fetched_at: now,
-            keys_fetched_at: now,
+            fetched_at: Instant::now(),
         })
     }
 
@@ -174,18 +169,15 @@ impl Providers {
     }
 
     /// The issuer's keys fetched again (a token named a `kid` the cached set lacks: the
-    /// provider rotated its keys).
+    /// provider rotated its keys). Not rate limited: the tokens come from the provider's own
+    /// token endpoint, so only the provider can name unknown keys, and only to itself.
     pub async fn refresh_keys(&self, issuer: &str) -> Result<Arc<Metadata>, DomainError> {
         let current = self.metadata(issuer).await?;
-        if current.keys_fetched_at.elapsed() < MIN_KEY_REFRESH {
-            return Ok(current);
-        }
         let keys: JwkSet = self
             .get_json(&current.discovery.jwks_uri, "the key request")
             .await?;
         let fresh = Arc::new(Metadata {
             keys,
-            keys_fetched_at: Instant::now(),
             ..(*current).clone()
         });
         self.cache
