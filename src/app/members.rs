@@ -85,7 +85,7 @@ impl App {
                 ctx,
                 &org,
                 Authority::Permission("members.manage"),
-                Effect::Decisions,
+                Effect::Member(*user_id),
             )
             .await?;
         let (membership, user_row) = members::find_with_user(w.conn(), &org, &user)
@@ -138,7 +138,7 @@ impl App {
             Authority::Permission("members.manage")
         };
         let w = self
-            .org_write(ctx, &org, authority, Effect::Decisions)
+            .org_write(ctx, &org, authority, Effect::Member(*user_id))
             .await?;
         let (membership, user_row) = members::find_with_user(w.conn(), &org, &user)
             .await?
@@ -176,7 +176,8 @@ impl App {
                 ctx,
                 &org,
                 Authority::Permission("org.transfer"),
-                Effect::Decisions,
+                // The acting owner is demoted, the new owner promoted: no one else changes.
+                Effect::Members(ctx.actor()?, *new_owner),
             )
             .await?;
         let owner_role = self.policy.owner_role();

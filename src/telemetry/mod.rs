@@ -34,6 +34,9 @@ pub const TRACE_FILTER: &str = "info,sqlx=warn,sea_orm=warn,sea_orm::database=in
 
 /// Installs the global subscriber with logs only. `RUST_LOG` overrides `filter`. Safe to call
 /// twice (the second call is ignored), which tests rely on.
+/// The target of spans that only traces record (the check path's inner spans), never logs.
+pub const TRACE_ONLY: &str = "teamgate::trace";
+
 pub fn init(format: &LogFormat, filter: &str) {
     let _ = install(format, filter, None);
 }
@@ -95,8 +98,12 @@ fn install(
             .with_tracer(p.tracer("teamgate"))
             .with_filter(EnvFilter::new(TRACE_FILTER).and(queries_in_calls))
     });
+    // The check path's inner spans are for traces; in logs, the `rpc` span already says
+    // which call a line belongs to. Left out of the logs, they cost nothing at all when no
+    // exporter is set.
+    let not_trace_only = filter::filter_fn(|meta| !(meta.is_span() && meta.target() == TRACE_ONLY));
     tracing_subscriber::registry()
-        .with(logs.with_filter(log_filter))
+        .with(logs.with_filter(log_filter.and(not_trace_only)))
         .with(traces)
         .try_init()
 }

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::ensure_account_active;
 use super::{App, AppResult, RequestCtx};
+use super::write::Changed;
 use crate::domain::DomainError;
 use crate::domain::consistency::{self, ConsistencyToken};
 use crate::domain::email::Email;
