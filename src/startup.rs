@@ -22,7 +22,7 @@ use crate::api::ext_authz::ExtAuthzApi;
 use crate::api::identity::IdentityApi;
 use crate::api::middleware::RequestIdLayer;
 use crate::api::team::TeamApi;
-use crate::app::authz::Decisions;
+use crate::app::authz::{Decisions, Grants};
 use crate::app::{App, AppSettings};
 use crate::cache::redis::RedisSettings;
 use crate::cache::{CacheSettings, DecisionCache};
@@ -257,20 +257,24 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
         tx.commit().await?;
     }
     let ttl = Duration::from_secs(config.cache.ttl_secs);
-    let cache = DecisionCache::new(&CacheSettings {
-        max_entries: config.cache.max_entries,
-        ttl,
-        redis: config.redis.url.as_ref().map(|url| RedisSettings {
-            url: url.expose().to_owned(),
-            prefix: config.redis.key_prefix.clone(),
-            timeout: Duration::from_millis(config.redis.timeout_ms),
+    let grants = Arc::new(Grants::new(policy.clone()));
+    let cache = DecisionCache::new(
+        &CacheSettings {
+            max_entries: config.cache.max_entries,
             ttl,
-        }),
-    });
+            redis: config.redis.url.as_ref().map(|url| RedisSettings {
+                url: url.expose().to_owned(),
+                prefix: config.redis.key_prefix.clone(),
+                timeout: Duration::from_millis(config.redis.timeout_ms),
+                ttl,
+            }),
+        },
+        grants.clone(),
+    );
     let server_metrics = ServerMetrics::new(&config.telemetry)?;
     cache.export_metrics(server_metrics.meter());
     let decisions =
-        Decisions::new(store.clone(), policy.clone(), cache).with_metrics(server_metrics.metrics());
+        Decisions::new(store.clone(), grants, cache).with_metrics(server_metrics.metrics());
     let app = Arc::new(App {
         store: store.clone(),
         policy,

@@ -95,6 +95,19 @@ impl Snapshot {
     }
 }
 
+/// Ticks per second in `/proc/<pid>/stat` (USER_HZ, 100 on every Linux this runs on).
+const TICKS_PER_S: f64 = 100.0;
+
+/// CPU seconds (user + system, all threads) one process has used so far.
+pub fn process_cpu_s(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.rfind(')')?;
+    let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let utime: u64 = rest.get(11)?.parse().ok()?;
+    let stime: u64 = rest.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / TICKS_PER_S)
+}
+
 #[cfg(test)]
 mod tests {
     use super::our_time;
@@ -109,6 +122,12 @@ mod tests {
         assert_eq!(our_time(other), None);
         let tricky = "78 (a) b) R 1 2 3 4 5 6 7 8 9 10 900 100 0 0";
         assert_eq!(our_time(tricky), None);
+    }
+
+    #[test]
+    fn own_cpu_time_is_readable() {
+        let me = super::process_cpu_s(std::process::id()).unwrap();
+        assert!(me >= 0.0);
     }
 
     #[test]

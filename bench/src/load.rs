@@ -19,7 +19,10 @@ use teamgate::proto::teamgate::v1::team_service_client::TeamServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::cpu::{Snapshot, Usage};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest as EnvoyCheck;
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
+use crate::cpu::{Snapshot, Usage, process_cpu_s};
 
 /// The header naming the user on whose behalf a management call is made.
 pub const ACTOR_HEADER: &str = "x-actor-user-id";
@@ -29,6 +32,7 @@ pub const ACTOR_HEADER: &str = "x-actor-user-id";
 pub struct Conn {
     pub authz: AuthzServiceClient<Channel>,
     pub team: TeamServiceClient<Channel>,
+    pub ext_authz: AuthorizationClient<Channel>,
 }
 
 impl Conn {
@@ -42,6 +46,7 @@ impl Conn {
             .with_context(|| format!("connecting to {addr}"))?;
         Ok(Conn {
             authz: AuthzServiceClient::new(channel.clone()),
+            ext_authz: AuthorizationClient::new(channel.clone()),
             team: TeamServiceClient::new(channel),
         })
     }
@@ -78,6 +83,16 @@ impl Conn {
                 }
                 Ok(Kind::Read)
             }
+            Call::ExtAuthz(req) => {
+                // A denial is an answer too (an OK response carrying the HTTP status).
+                let r = self.ext_authz.check(*req).await?.into_inner();
+                if r.status.is_none() {
+                    return Err(tonic::Status::internal(
+                        "ext_authz answered without a status",
+                    ));
+                }
+                Ok(Kind::Read)
+            }
             Call::SetRole { req, actor } => {
                 let mut request = tonic::Request::new(req);
                 request.metadata_mut().insert(ACTOR_HEADER, actor);
@@ -91,6 +106,7 @@ impl Conn {
 /// A request a scenario wants sent.
 pub enum Call {
     Check(pb::CheckRequest),
+    ExtAuthz(Box<EnvoyCheck>),
     Batch(pb::BatchCheckRequest),
     SetRole {
         req: pb::UpdateMemberRoleRequest,
@@ -140,6 +156,8 @@ pub struct LoadResult {
     pub measured: Duration,
     /// How busy the machine was during the measured window.
     pub cpu: Option<Usage>,
+    /// CPU seconds the server process used during the measured window.
+    pub server_cpu_s: Option<f64>,
 }
 
 struct WorkerResult {
@@ -157,6 +175,7 @@ pub async fn run(
     settings: LoadSettings,
     workload: Arc<dyn Workload>,
     seed: u64,
+    server_pid: Option<u32>,
 ) -> anyhow::Result<LoadResult> {
     anyhow::ensure!(!conns.is_empty(), "no connection to drive");
     let start = Instant::now();
@@ -165,9 +184,14 @@ pub async fn run(
     let sampler = tokio::spawn(async move {
         tokio::time::sleep_until(measure_from.into()).await;
         let before = Snapshot::take();
+        let server_before = server_pid.and_then(process_cpu_s);
         tokio::time::sleep_until(deadline.into()).await;
         let after = Snapshot::take();
-        before.zip(after).and_then(|(a, b)| a.until(&b))
+        let server_after = server_pid.and_then(process_cpu_s);
+        (
+            before.zip(after).and_then(|(a, b)| a.until(&b)),
+            server_before.zip(server_after).map(|(a, b)| b - a),
+        )
     });
     let mut tasks = Vec::with_capacity(settings.concurrency);
     for w in 0..settings.concurrency.max(1) {
@@ -221,6 +245,7 @@ pub async fn run(
         first_error: None,
         measured: settings.duration,
         cpu: None,
+        server_cpu_s: None,
     };
     for task in tasks {
         let part = task.await.context("load worker")?;
@@ -234,7 +259,7 @@ pub async fn run(
             total.first_error = part.first_error;
         }
     }
-    total.cpu = sampler.await.context("CPU sampler")?;
+    (total.cpu, total.server_cpu_s) = sampler.await.context("CPU sampler")?;
     Ok(total)
 }
 

@@ -37,7 +37,9 @@ use tonic::metadata::MetadataValue;
 
 use crate::load::{Conn, LoadResult, LoadSettings, Summary, Workload};
 use crate::report::{BackendReport, Params, Ratios, Report, Row};
-use crate::scenarios::{BatchCheck, CachedCheck, ConsistentCheck, Mixed, Subjects, WriteTarget};
+use crate::scenarios::{
+    BatchCheck, CachedCheck, ConsistentCheck, ExtAuthzCheck, Mixed, Subjects, WriteTarget,
+};
 use crate::seed::{Dataset, PgDatabase, Toggles};
 use crate::server::{ServerProcess, TeamgateSpec};
 
@@ -127,7 +129,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 1.0)]
     write_percent: f64,
     /// Removals in the cross-replica invalidation test (0 skips it).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 200)]
     lag_iterations: usize,
     /// Backends to run, comma-separated.
     #[arg(
@@ -436,6 +438,7 @@ async fn run_all(
     pg: &mut Option<PgDatabase>,
 ) -> anyhow::Result<Outcome> {
     let mut notes = plan.args.notes.clone();
+    let policy = bench_policy(work)?;
     let mut noop = ServerProcess::spawn_noop(work)?;
     noop.wait_healthy(Duration::from_secs(30)).await?;
     let noop_conns = Conn::open_many(noop.addr, plan.args.connections).await?;
@@ -498,13 +501,14 @@ async fn run_all(
                 )
             }),
             cache_max_entries: plan.args.cache_max_entries,
+            policy: Some(policy.clone()),
         };
         let report = run_backend(
             plan,
             dataset,
             &spec,
             work,
-            &noop_conns,
+            (&noop_conns, noop.pid()),
             toggles,
             (seed_rows, seed_s),
             &mut notes,
@@ -516,7 +520,7 @@ async fn run_all(
 
     // A failure here is reported, not fatal: the rows above are worth keeping.
     let lag = match (plan.lag, pg.as_ref()) {
-        (true, Some(db)) => match run_lag(plan, dataset, &db.url, work).await {
+        (true, Some(db)) => match run_lag(plan, dataset, &db.url, work, &policy).await {
             Ok(report) => Some(report),
             Err(e) => {
                 log(format!("the cross-replica invalidation test failed: {e:#}"));
@@ -536,14 +540,29 @@ async fn run_all(
 fn summarize(scenario: &str, r: &LoadResult, items: usize) -> Row {
     let summary = Summary::of(&r.all, r.errors, r.measured);
     let writes = (!r.writes.is_empty()).then(|| Summary::of(&r.writes, 0, r.measured));
+    let calls = (summary.requests + summary.errors).max(1) as f64;
     Row {
         scenario: scenario.to_owned(),
         decisions_per_s: summary.requests_per_s * items as f64,
+        server_cores: r.server_cpu_s.map(|s| s / r.measured.as_secs_f64()),
+        server_cpu_us_per_call: r.server_cpu_s.map(|s| s * 1e6 / calls),
         summary,
         writes,
         first_error: r.first_error.clone(),
         cpu: r.cpu,
     }
+}
+
+/// The default policy plus a few Envoy routes (for the ext_authz row), written to `work`.
+fn bench_policy(work: &Path) -> anyhow::Result<PathBuf> {
+    let path = work.join("bench-policy.toml");
+    let text = format!(
+        "{}\n{}",
+        teamgate::domain::policy::DEFAULT_POLICY_TOML,
+        scenarios::ROUTES_TOML
+    );
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 fn short(row: &Row) -> String {
@@ -559,7 +578,7 @@ async fn run_backend(
     dataset: &Arc<Dataset>,
     spec: &TeamgateSpec,
     work: &Path,
-    noop_conns: &[Conn],
+    (noop_conns, noop_pid): (&[Conn], u32),
     toggles: Arc<Toggles>,
     (seed_rows, seed_s): (u64, f64),
     notes: &mut Vec<String>,
@@ -619,27 +638,45 @@ async fn run_backend(
     let cached: Arc<dyn Workload> = Arc::new(CachedCheck {
         subjects: subjects.clone(),
     });
-    let run = |name: String, conns: &[Conn], workload: Arc<dyn Workload>, items: usize| {
-        let conns = conns.to_vec();
-        async move {
-            let r = load::run(&conns, settings, workload, seed).await?;
-            let row = summarize(&name, &r, items);
-            log(format!("{label}: {name}: {}", short(&row)));
-            anyhow::Ok(row)
-        }
-    };
+    let server_pid = server.pid();
+    let run =
+        |name: String, conns: &[Conn], pid: u32, workload: Arc<dyn Workload>, items: usize| {
+            let conns = conns.to_vec();
+            async move {
+                let r = load::run(&conns, settings, workload, seed, Some(pid)).await?;
+                let row = summarize(&name, &r, items);
+                log(format!("{label}: {name}: {}", short(&row)));
+                anyhow::Ok(row)
+            }
+        };
     let noop_before = run(
         "no-op server (before)".into(),
         noop_conns,
+        noop_pid,
         cached.clone(),
         1,
     )
     .await?;
-    let check_cached = run(report::CHECK_CACHED.into(), &conns, cached.clone(), 1).await?;
-    let noop_after = run("no-op server (after)".into(), noop_conns, cached.clone(), 1).await?;
+    let check_cached = run(
+        report::CHECK_CACHED.into(),
+        &conns,
+        server_pid,
+        cached.clone(),
+        1,
+    )
+    .await?;
+    let noop_after = run(
+        "no-op server (after)".into(),
+        noop_conns,
+        noop_pid,
+        cached.clone(),
+        1,
+    )
+    .await?;
     let consistent = run(
         report::CHECK_CONSISTENT.into(),
         &conns,
+        server_pid,
         Arc::new(ConsistentCheck {
             dataset: dataset.clone(),
         }),
@@ -649,6 +686,7 @@ async fn run_backend(
     let batch = run(
         report::batch_name(plan.args.batch_size),
         &conns,
+        server_pid,
         Arc::new(BatchCheck {
             subjects: subjects.clone(),
             size: plan.args.batch_size,
@@ -659,6 +697,7 @@ async fn run_backend(
     let mixed = run(
         format!("{} {}% writes", report::MIXED, plan.args.write_percent),
         &conns,
+        server_pid,
         Arc::new(Mixed {
             reads: CachedCheck {
                 subjects: subjects.clone(),
@@ -670,6 +709,45 @@ async fn run_backend(
         1,
     )
     .await?;
+
+    let ext_authz = run(
+        report::EXT_AUTHZ.into(),
+        &conns,
+        server_pid,
+        Arc::new(ExtAuthzCheck {
+            subjects: subjects.clone(),
+        }),
+        1,
+    )
+    .await?;
+    // Served from Redis: a second replica on the same database and Redis prefix whose
+    // in-process level holds one entry, so nearly every Check misses it and finds the entry
+    // the first replica shared when the working set was warmed.
+    let redis_hit = match &spec.redis {
+        Some(_) => {
+            let l2_spec = TeamgateSpec {
+                name: format!("{}-l2", spec.name),
+                cache_max_entries: Some(1),
+                ..spec.clone()
+            };
+            let mut l2 = ServerProcess::spawn_teamgate(&plan.server_bin, &l2_spec, work)?;
+            l2.wait_healthy(Duration::from_secs(300)).await?;
+            // Subscribing to the invalidation channel happens just after start-up.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let l2_conns = Conn::open_many(l2.addr, plan.args.connections).await?;
+            let row = run(
+                report::CHECK_REDIS.into(),
+                &l2_conns,
+                l2.pid(),
+                cached.clone(),
+                1,
+            )
+            .await?;
+            l2.stop();
+            Some(row)
+        }
+        None => None,
+    };
 
     // Peak RSS with the data set loaded and the caches warm.
     let warm_members = rss_warm_members(plan, dataset);
@@ -691,14 +769,12 @@ async fn run_backend(
     ));
     server.stop();
 
-    for row in [
-        &noop_before,
-        &check_cached,
-        &noop_after,
-        &consistent,
-        &batch,
-        &mixed,
-    ] {
+    let mut rows = vec![check_cached, consistent, batch, mixed, ext_authz];
+    rows.extend(redis_hit);
+    for row in std::iter::once(&noop_before)
+        .chain(&rows)
+        .chain(std::iter::once(&noop_after))
+    {
         if row.summary.errors > 0 {
             notes.push(format!(
                 "{label}: {}: {} errors (first: {})",
@@ -708,6 +784,7 @@ async fn run_backend(
             ));
         }
     }
+    let check_cached = &rows[0];
     let noop_rps = (noop_before.summary.requests_per_s + noop_after.summary.requests_per_s) / 2.0;
     let noop_p99 = (noop_before.summary.p99_ms + noop_after.summary.p99_ms) / 2.0;
     let ratios = Ratios {
@@ -722,10 +799,10 @@ async fn run_backend(
         seed_s,
         server_ready_s: ready.as_secs_f64(),
         warm_s: warm.as_secs_f64(),
-        noop_before,
-        rows: vec![check_cached, consistent, batch, mixed],
-        noop_after,
         ratios,
+        noop_before,
+        rows,
+        noop_after,
         memory,
         rss_warm_s: rss_warm.as_secs_f64(),
     })
@@ -740,6 +817,7 @@ async fn run_lag(
     dataset: &Dataset,
     database_url: &str,
     work: &Path,
+    policy: &Path,
 ) -> anyhow::Result<lag::LagReport> {
     let prefix = format!("bench-{}-lag", std::process::id());
     let spec = |name: &str| TeamgateSpec {
@@ -747,6 +825,7 @@ async fn run_lag(
         database_url: database_url.to_owned(),
         redis: Some((plan.args.redis_url.clone(), prefix.clone())),
         cache_max_entries: plan.args.cache_max_entries,
+        policy: Some(policy.to_owned()),
     };
     // One after the other: replicas starting at the same moment on one database race in
     // start-up (built-in role sync) and one of them exits.

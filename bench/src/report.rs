@@ -1,4 +1,5 @@
-//! The report: every figure as JSON, and the same as Markdown with the targets of issue 4.
+//! The report: every figure as JSON, and the same as Markdown with the targets of issues 4
+//! and 16.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,10 @@ pub struct Row {
     /// The machine's CPU use during the row; `others_pct` is what processes outside the
     /// benchmark (not teamgate, the load generator, PostgreSQL or Redis) took.
     pub cpu: Option<Usage>,
+    /// Cores the server process used during the row (its CPU seconds over the row's).
+    pub server_cores: Option<f64>,
+    /// The server's CPU time per request, in µs.
+    pub server_cpu_us_per_call: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +95,8 @@ impl BackendReport {
 pub const CHECK_CACHED: &str = "Check cache hit";
 pub const CHECK_CONSISTENT: &str = "Check fully_consistent";
 pub const MIXED: &str = "Mixed";
+pub const CHECK_REDIS: &str = "Check Redis hit (L1 miss)";
+pub const EXT_AUTHZ: &str = "ext_authz Check (Envoy)";
 
 pub fn batch_name(size: usize) -> String {
     format!("BatchCheck {size}")
@@ -194,6 +201,56 @@ pub fn evaluate(
                 verdict: Verdict::of(row.summary.p99_ms < 5.0 && row.summary.errors == 0),
             });
         }
+        let noop_cpu = [&b.noop_before, &b.noop_after]
+            .iter()
+            .filter_map(|r| r.server_cpu_us_per_call)
+            .sum::<f64>()
+            / 2.0;
+        if let Some(cpu) = b.row(CHECK_CACHED).and_then(|r| r.server_cpu_us_per_call)
+            && noop_cpu > 0.0
+        {
+            out.push(TargetResult {
+                target: "Server CPU per cache-hit Check ≤ 2× the no-op server's per call".into(),
+                backend: b.backend.clone(),
+                measured: format!("{:.2}× ({cpu:.1} vs {noop_cpu:.1} µs/call)", cpu / noop_cpu),
+                verdict: Verdict::of(cpu <= 2.0 * noop_cpu),
+            });
+        }
+        if let Some(row) = b.row(CHECK_REDIS) {
+            out.push(TargetResult {
+                target: "Check from Redis (L1 miss, L2 hit): p99 ≤ 2 ms".into(),
+                backend: b.backend.clone(),
+                measured: format!(
+                    "p99 {:.3} ms ({:.0} req/s)",
+                    row.summary.p99_ms, row.summary.requests_per_s
+                ),
+                verdict: Verdict::of(row.summary.p99_ms <= 2.0 && row.summary.errors == 0),
+            });
+        }
+        if let Some(row) = b.row(EXT_AUTHZ) {
+            let ratio = row.summary.requests_per_s / r.noop_requests_per_s.max(1.0);
+            out.push(TargetResult {
+                target: "Envoy ext_authz Check: ≥ 0.5× the no-op server's requests/s".into(),
+                backend: b.backend.clone(),
+                measured: format!("{ratio:.2}× ({:.0} req/s)", row.summary.requests_per_s),
+                verdict: Verdict::of(ratio >= 0.5 && row.summary.errors == 0),
+            });
+        }
+        if let (Some(mixed), Some(pure)) = (
+            b.rows.iter().find(|r| r.scenario.starts_with(MIXED)),
+            b.row(CHECK_CACHED),
+        ) {
+            let ratio = mixed.summary.requests_per_s / pure.summary.requests_per_s.max(1.0);
+            out.push(TargetResult {
+                target: "Mixed (1% UpdateMemberRole): ≥ 0.8× the cache-hit row's requests/s".into(),
+                backend: b.backend.clone(),
+                measured: format!(
+                    "{ratio:.2}× ({:.0} vs {:.0} req/s)",
+                    mixed.summary.requests_per_s, pure.summary.requests_per_s
+                ),
+                verdict: Verdict::of(ratio >= 0.8),
+            });
+        }
         let large = params.orgs >= 100_000;
         out.push(TargetResult {
             target: "Peak RSS < 150 MB with 100,000 orgs loaded and caches warm".into(),
@@ -229,8 +286,8 @@ pub fn evaluate(
             target: "Cross-replica invalidation: p99 < 50 ms".into(),
             backend: "postgres+redis ×2".into(),
             measured: format!(
-                "p99 {:.3} ms after the removal returned ({:.3} ms after it was sent), {} timed out",
-                l.after_return.p99_ms, l.after_send.p99_ms, l.timed_out
+                "p99 {:.3} ms after the removal returned ({:.3} ms after it was sent) over {} removals, {} timed out",
+                l.after_return.p99_ms, l.after_send.p99_ms, l.iterations, l.timed_out
             ),
             verdict: Verdict::of(l.after_send.p99_ms < 50.0 && l.timed_out == 0),
         });
@@ -265,7 +322,7 @@ fn row_line(md: &mut String, label: &str, row: &Row) {
     let s = &row.summary;
     let _ = writeln!(
         md,
-        "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         thousands(s.requests as f64),
         thousands(s.requests_per_s),
         thousands(row.decisions_per_s),
@@ -278,7 +335,11 @@ fn row_line(md: &mut String, label: &str, row: &Row) {
         row.cpu.map_or_else(
             || "?".to_owned(),
             |c| format!("{:.0}% / {:.0}%", c.busy_pct, c.others_pct)
-        )
+        ),
+        match (row.server_cpu_us_per_call, row.server_cores) {
+            (Some(us), Some(cores)) => format!("{us:.1} ({cores:.2})"),
+            _ => "?".to_owned(),
+        }
     );
 }
 
@@ -383,11 +444,11 @@ impl Report {
             );
             let _ = writeln!(
                 md,
-                "| scenario | requests | requests/s | decisions/s | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | errors | CPU busy / others |"
+                "| scenario | requests | requests/s | decisions/s | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | errors | CPU busy / others | server µs/call (cores) |"
             );
             let _ = writeln!(
                 md,
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
             );
             row_line(&mut md, "no-op server (before)", &b.noop_before);
             let mut rows = b.rows.iter();
@@ -400,7 +461,7 @@ impl Report {
                 if let Some(w) = &r.writes {
                     let _ = writeln!(
                         md,
-                        "| ↳ writes only | {} | {} | | {} | {} | {} | {} | {} | | |",
+                        "| ↳ writes only | {} | {} | | {} | {} | {} | {} | {} | | | |",
                         thousands(w.requests as f64),
                         f(w.requests_per_s, 1),
                         f(w.p50_ms, 3),
@@ -415,7 +476,9 @@ impl Report {
                 md,
                 "\nCPU busy / others: the share of the machine's {} CPUs in use during the row, and \
                  the share used by processes outside the benchmark (teamgate, the load generator, \
-                 PostgreSQL and Redis are the benchmark).",
+                 PostgreSQL and Redis are the benchmark). Server µs/call: the server process's CPU \
+                 time (user + system, all threads) per request during the row, and in brackets the \
+                 cores it used; for BatchCheck a call is a request of all its items.",
                 m.nproc
             );
             let r = &b.ratios;
@@ -492,7 +555,7 @@ impl Report {
             );
         }
 
-        let _ = writeln!(md, "## Targets (issue 4)\n");
+        let _ = writeln!(md, "## Targets (issues 4 and 16)\n");
         let _ = writeln!(
             md,
             "| target | backend | measured | verdict |\n|---|---|---|---|"

@@ -69,6 +69,78 @@ impl Workload for CachedCheck {
     }
 }
 
+/// The routes the benchmark's policy adds to the default one, for the ext_authz row.
+pub const ROUTES_TOML: &str = r#"
+[[routes]]
+method = "GET"
+path_prefix = "/api/projects"
+permission = "projects.view"
+
+[[routes]]
+method = "PUT"
+path_prefix = "/api/projects"
+permission = "projects.edit"
+
+[[routes]]
+method = "GET"
+path_prefix = "/api/members"
+permission = "members.view"
+"#;
+
+const ROUTED: [(&str, &str); 3] = [
+    ("GET", "/api/projects/42"),
+    ("PUT", "/api/projects/42"),
+    ("GET", "/api/members"),
+];
+
+/// Envoy's ext_authz Check over the warmed working set, as Envoy sends it: the HTTP request's
+/// method, path and headers (the user and org among a few ordinary ones), decided through a
+/// route of the benchmark's policy.
+pub struct ExtAuthzCheck {
+    pub subjects: Subjects,
+}
+
+impl Workload for ExtAuthzCheck {
+    fn next(&self, rng: &mut SmallRng) -> Call {
+        use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+        use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+        let (org, user) = &self.subjects[rng.random_range(0..self.subjects.len())];
+        let (method, path) = ROUTED[rng.random_range(0..ROUTED.len())];
+        let headers = [
+            (":authority", "app.example.com"),
+            (":method", method),
+            (":path", path),
+            ("accept", "application/json"),
+            ("user-agent", "teamgate-bench"),
+            ("x-forwarded-proto", "https"),
+            ("x-request-id", "5b2a3c1e-7d4f-4a6b-9c8d-0e1f2a3b4c5d"),
+            ("x-user-id", user),
+            ("x-org-id", org),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        Call::ExtAuthz(Box::new(CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        id: "1".into(),
+                        method: method.into(),
+                        path: path.into(),
+                        host: "app.example.com".into(),
+                        scheme: "https".into(),
+                        protocol: "HTTP/1.1".into(),
+                        headers,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }))
+    }
+}
+
 /// Check with `fully_consistent` over every member of the data set: each one reads the
 /// database.
 pub struct ConsistentCheck {
@@ -124,8 +196,8 @@ pub struct WriteTarget {
 }
 
 /// Cached checks with a fraction of writes: UpdateMemberRole flipping an org's last member
-/// between `member` and `manager`, made by the org's owner. Each write raises the org's
-/// version, so the checks that follow on that org miss the cache once.
+/// between `member` and `manager`, made by the org's owner. Each write drops that member's
+/// cached decisions (and no one else's), so their next check misses the cache once.
 pub struct Mixed {
     pub reads: CachedCheck,
     pub targets: Arc<Vec<WriteTarget>>,

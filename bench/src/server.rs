@@ -29,6 +29,8 @@ pub struct TeamgateSpec {
     /// Redis URL and key prefix.
     pub redis: Option<(String, String)>,
     pub cache_max_entries: Option<u64>,
+    /// A policy file instead of the embedded default (the benchmark's adds Envoy routes).
+    pub policy: Option<PathBuf>,
 }
 
 /// A child process that is killed when dropped.
@@ -88,6 +90,9 @@ impl ServerProcess {
         }
         if let Some(n) = spec.cache_max_entries {
             cmd.env("TEAMGATE__CACHE__MAX_ENTRIES", n.to_string());
+        }
+        if let Some(policy) = &spec.policy {
+            cmd.env("TEAMGATE__POLICY", policy);
         }
         Self::spawn(cmd, &spec.name, addr, log_dir)
     }

@@ -597,6 +597,7 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
         database_url: postgres.url(),
         redis: Some((redis.url(), "soak".to_owned())),
         cache_max_entries: None,
+        policy: None,
     };
     let mut a = ServerProcess::spawn_teamgate(&bin, &spec("replica-a"), &work)?;
     a.wait_healthy(Duration::from_secs(120)).await?;

@@ -478,6 +478,7 @@ pub async fn run(args: WriteArgs) -> anyhow::Result<()> {
             database_url: db.url.clone(),
             redis: None,
             cache_max_entries: None,
+            policy: None,
         };
         let mut a = ServerProcess::spawn_teamgate(&server_bin, &spec("writes-a"), &work)?;
         a.wait_healthy(Duration::from_secs(120)).await?;
@@ -509,6 +510,7 @@ pub async fn run(args: WriteArgs) -> anyhow::Result<()> {
         database_url: url,
         redis: None,
         cache_max_entries: None,
+        policy: None,
     };
     let mut s = ServerProcess::spawn_teamgate(&server_bin, &spec, &work)?;
     s.wait_healthy(Duration::from_secs(120)).await?;

@@ -231,7 +231,6 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let path = req.uri().path().to_owned();
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
             let status = with_reason(
                 Code::ResourceExhausted,
@@ -244,7 +243,7 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        match self.keys.admit(&path, header) {
+        match self.keys.admit(req.uri().path(), header) {
             Err(status) => Box::pin(async move {
                 drop(permit);
                 Ok(status.into_http())

@@ -231,10 +231,14 @@ impl ExtAuthzApi {
             },
         };
         span.record("org_id", tracing::field::display(&org));
+        // Routes name catalog permissions (the policy refuses others), so this always finds one.
+        let Some(permission) = self.app.decisions.bit_of(&route.permission) else {
+            return Ok(Verdict::Decision(Reason::MissingPermission));
+        };
         let (reason, _) = self
             .app
             .decisions
-            .check(org, user, &route.permission, Freshness::MinimizeLatency)
+            .check(org, user, permission, &Freshness::MinimizeLatency)
             .await?;
         Ok(Verdict::Decision(reason))
     }
@@ -242,7 +246,11 @@ impl ExtAuthzApi {
 
 #[tonic::async_trait]
 impl Authorization for ExtAuthzApi {
-    #[tracing::instrument(skip_all, fields(method, permission, org_id, allowed, reason))]
+    #[tracing::instrument(
+        target = "teamgate::trace",
+        skip_all,
+        fields(method, permission, org_id, allowed, reason)
+    )]
     async fn check(
         &self,
         request: Request<CheckRequest>,

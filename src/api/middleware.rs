@@ -11,7 +11,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use super::context::{REQUEST_ID_HEADER, RequestId};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Method, Metrics};
 
 #[derive(Debug, Clone, Default)]
 pub struct RequestIdLayer;
@@ -26,6 +26,19 @@ impl<S> Layer<S> for RequestIdLayer {
 #[derive(Debug, Clone)]
 pub struct RequestIdService<S> {
     inner: S,
+}
+
+/// A new request id: a UUIDv7 (time-ordered, so ids sort by arrival) whose random bits come
+/// from the thread's generator rather than a system call per request.
+fn new_request_id() -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let random: [u8; 10] = rand::random();
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
 }
 
 fn usable(v: &HeaderValue) -> Option<String> {
@@ -57,11 +70,11 @@ where
             .headers()
             .get(REQUEST_ID_HEADER)
             .and_then(usable)
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            .unwrap_or_else(new_request_id);
         req.extensions_mut().insert(RequestId(id.clone()));
-        let method = req.uri().path().to_owned();
         let metrics = req.extensions().get::<Metrics>().cloned();
-        let span = tracing::info_span!("rpc", %method, request_id = %id, grpc_status = tracing::field::Empty, latency_ms = tracing::field::Empty, service_key = tracing::field::Empty);
+        let method = Method::from(req.uri().path());
+        let span = tracing::info_span!("rpc", method = %method.as_str(), request_id = %id, grpc_status = tracing::field::Empty, latency_ms = tracing::field::Empty, service_key = tracing::field::Empty);
         // Take the service that was driven to readiness, leave a fresh clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -71,7 +84,11 @@ where
                 let result = inner.call(req).await;
                 let span = tracing::Span::current();
                 let elapsed = started.elapsed();
-                span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+                // Recording into a span the logs format costs a JSON re-parse per field.
+                let exported = crate::telemetry::exporting();
+                if exported {
+                    span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+                }
                 if let Some(metrics) = &metrics {
                     // No grpc-status in the headers: the status follows in the trailers (OK
                     // for a unary call that returned a message).
@@ -85,7 +102,7 @@ where
                 }
                 match result {
                     Ok(mut resp) => {
-                        if let Some(code) = resp.headers().get("grpc-status") {
+                        if let (true, Some(code)) = (exported, resp.headers().get("grpc-status")) {
                             span.record("grpc_status", code.to_str().unwrap_or("?"));
                         }
                         if let Ok(v) = HeaderValue::from_str(&id) {

@@ -14,28 +14,34 @@ use super::{AppResult, Page, PageRequest};
 use crate::cache::DecisionCache;
 use crate::domain::DomainError;
 use crate::domain::consistency::ConsistencyToken;
-pub use crate::domain::decision::{Freshness, Pair, Reason, Subject};
+pub use crate::domain::decision::{Freshness, Grant, Grants, Pair, Reason, Subject};
 use crate::domain::ids::{OrgId, UserId};
-use crate::domain::permission::{Permission, PermissionSet};
+use crate::domain::permission::{Permission, PermissionBit};
 use crate::domain::policy::Policy;
 use crate::store::{Store, decisions, decode_permissions, orgs, users};
 use crate::telemetry::metrics::Metrics;
 
 pub struct Decisions {
     store: Store,
-    policy: Arc<Policy>,
+    grants: Arc<Grants>,
     cache: DecisionCache,
     metrics: Metrics,
 }
 
 impl Decisions {
-    pub fn new(store: Store, policy: Arc<Policy>, cache: DecisionCache) -> Decisions {
+    /// `cache` must have been built with the same `grants`, so that subjects from either
+    /// share the built-in roles' grants.
+    pub fn new(store: Store, grants: Arc<Grants>, cache: DecisionCache) -> Decisions {
         Decisions {
             store,
-            policy,
+            grants,
             cache,
             metrics: Metrics::default(),
         }
+    }
+
+    fn policy(&self) -> &Policy {
+        self.grants.policy()
     }
 
     /// Counts decisions into this server's metrics (nothing is counted by default).
@@ -52,6 +58,27 @@ impl Decisions {
         &self.cache
     }
 
+    /// Validates a permission name against the catalog and returns its position; allocates
+    /// nothing for a known name. `field` is made only for an error.
+    pub fn permission_bit(
+        &self,
+        field: impl FnOnce() -> String,
+        raw: &str,
+    ) -> Result<PermissionBit, DomainError> {
+        match self.policy().bit(raw) {
+            Some(bit) => Ok(bit),
+            None => Err(self
+                .permission(&field(), raw)
+                .err()
+                .unwrap_or_else(|| DomainError::invalid("permission", "unknown permission"))),
+        }
+    }
+
+    /// The catalog position of a permission already known to the policy (a route's).
+    pub fn bit_of(&self, permission: &Permission) -> Option<PermissionBit> {
+        self.policy().bit(permission.as_str())
+    }
+
     /// Validates a permission name against the catalog.
     pub fn permission(&self, field: &str, raw: &str) -> Result<Permission, DomainError> {
         let p = Permission::parse(raw).map_err(|_| {
@@ -64,7 +91,7 @@ impl Decisions {
                 ),
             )
         })?;
-        if self.policy.knows(&p) {
+        if self.policy().knows(&p) {
             Ok(p)
         } else {
             Err(DomainError::invalid_because(
@@ -75,52 +102,84 @@ impl Decisions {
         }
     }
 
-    /// Called after every committed change to an org, before the RPC returns.
+    /// Called after every committed change that can change the decisions of all the org's
+    /// members (a role definition, the org itself), before the RPC returns.
     pub async fn invalidate_org(&self, org_id: &str, version: i64) {
         self.cache.org_changed(org_id, version).await;
     }
 
-    /// Subjects for many (org, user) pairs, from the cache where `freshness` allows.
-    #[tracing::instrument(name = "decisions.subjects", skip_all, fields(pairs = pairs.len(), org_id = pairs.first().filter(|_| pairs.len() == 1).map(|p| tracing::field::display(p.0)), freshness = ?freshness))]
+    /// Called after every committed change to one member's membership or account, before the
+    /// RPC returns: only that member's cached decisions in the org go.
+    pub async fn invalidate_member(&self, org_id: &str, user: UserId, version: i64) {
+        self.cache.member_changed(org_id, user, version).await;
+    }
+
+    /// One subject, from the cache where `freshness` allows: the check path.
+    #[tracing::instrument(name = "decisions.subjects", target = "teamgate::trace", skip_all, fields(pairs = 1, org_id = %pair.0, freshness = ?freshness))]
+    pub async fn subject(&self, pair: Pair, freshness: &Freshness) -> AppResult<Subject> {
+        if *freshness != Freshness::FullyConsistent
+            && let Some(s) = self.cache.get(&pair).await
+            && s.fresh_enough(freshness.min_version(&pair.0))
+        {
+            return Ok(s);
+        }
+        let mut loaded = self.load(&[pair]).await?;
+        self.cache.put_many(&loaded).await;
+        Ok(loaded
+            .pop()
+            .map_or(Subject::OrgNotFound, |(_, subject)| subject))
+    }
+
+    /// Subjects for many (org, user) pairs, from the cache where `freshness` allows: the
+    /// distinct pairs, sorted (find one with `binary_search`), and their subjects.
+    #[tracing::instrument(name = "decisions.subjects", target = "teamgate::trace", skip_all, fields(pairs = pairs.len(), freshness = ?freshness))]
     pub async fn subjects(
         &self,
         pairs: &[Pair],
-        freshness: Freshness,
-    ) -> AppResult<HashMap<Pair, Subject>> {
-        let unique: Vec<Pair> = {
-            let mut seen = HashSet::new();
-            pairs.iter().filter(|p| seen.insert(**p)).copied().collect()
+        freshness: &Freshness,
+    ) -> AppResult<(Vec<Pair>, Vec<Subject>)> {
+        let mut unique = pairs.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let mut found: Vec<Option<Subject>> = match freshness {
+            Freshness::FullyConsistent => vec![None; unique.len()],
+            _ => self
+                .cache
+                .get_many(&unique)
+                .await
+                .into_iter()
+                .zip(&unique)
+                .map(|(hit, pair)| hit.filter(|s| s.fresh_enough(freshness.min_version(&pair.0))))
+                .collect(),
         };
-        let mut found = HashMap::with_capacity(unique.len());
-        let mut missing = Vec::new();
-        match freshness {
-            Freshness::FullyConsistent => missing = unique,
-            _ => {
-                let cached = self.cache.get_many(&unique).await;
-                for (pair, hit) in unique.into_iter().zip(cached) {
-                    match hit {
-                        Some(s) if s.fresh_enough(freshness.min_version(&pair.0)) => {
-                            found.insert(pair, s);
-                        }
-                        _ => missing.push(pair),
-                    }
-                }
-            }
-        }
+        let missing: Vec<Pair> = unique
+            .iter()
+            .zip(&found)
+            .filter(|(_, s)| s.is_none())
+            .map(|(p, _)| *p)
+            .collect();
         if !missing.is_empty() {
             let loaded = self.load(&missing).await?;
             self.cache.put_many(&loaded).await;
-            found.extend(loaded);
+            for (pair, subject) in loaded {
+                if let Ok(i) = unique.binary_search(&pair) {
+                    found[i] = Some(subject);
+                }
+            }
         }
-        Ok(found)
+        let subjects = found
+            .into_iter()
+            .map(|s| s.unwrap_or(Subject::OrgNotFound))
+            .collect();
+        Ok((unique, subjects))
     }
 
     /// Reads subjects from the database: four queries whatever the number of pairs. The
     /// org's version is read before its memberships and the users' accounts, so a subject is
     /// never labelled newer than the data it was built from (account changes bump the
     /// versions of every org the user belongs to).
-    #[tracing::instrument(name = "decisions.load", skip_all, fields(pairs = pairs.len(), org_id = pairs.first().filter(|_| pairs.len() == 1).map(|p| tracing::field::display(p.0))))]
-    async fn load(&self, pairs: &[Pair]) -> AppResult<HashMap<Pair, Subject>> {
+    #[tracing::instrument(name = "decisions.load", target = "teamgate::trace", skip_all, fields(pairs = pairs.len(), org_id = pairs.first().filter(|_| pairs.len() == 1).map(|p| tracing::field::display(p.0))))]
+    async fn load(&self, pairs: &[Pair]) -> AppResult<Vec<(Pair, Subject)>> {
         self.store.ensure_reachable()?;
         let c = self.store.conn();
         let org_ids: Vec<String> = unique_strings(pairs.iter().map(|p| p.0.to_string()));
@@ -150,7 +209,7 @@ impl Decisions {
         };
         let roles_needed: HashSet<(String, String)> = ms
             .iter()
-            .filter(|m| self.policy.built_in(&m.role).is_none())
+            .filter(|m| self.grants.built_in(&m.role).is_none())
             .map(|m| (m.org_id.clone(), m.role.clone()))
             .collect();
         let custom = self.load_custom_roles(c, &roles_needed).await?;
@@ -159,11 +218,11 @@ impl Decisions {
             .map(|m| ((m.org_id, m.user_id), m.role))
             .collect();
 
-        let mut out = HashMap::with_capacity(pairs.len());
+        let mut out = Vec::with_capacity(pairs.len());
         for pair in pairs {
             let org = pair.0.to_string();
             let Some(&org_version) = versions.get(&org) else {
-                out.insert(*pair, Subject::OrgNotFound);
+                out.push((*pair, Subject::OrgNotFound));
                 continue;
             };
             let (disabled, has_mfa) = accounts
@@ -177,21 +236,23 @@ impl Decisions {
                 }
                 None => Subject::NotMember { org_version },
                 Some(role) => {
-                    let permissions = match self.policy.built_in(role) {
-                        Some(b) => b.permissions.clone(),
+                    let grant = match self.grants.built_in(role) {
+                        Some(g) => g.clone(),
                         None => custom
                             .get(&(org.clone(), role.clone()))
                             .cloned()
-                            .unwrap_or_default(),
+                            .unwrap_or_else(|| {
+                                Arc::new(Grant::new(
+                                    role.clone(),
+                                    Default::default(),
+                                    self.policy(),
+                                ))
+                            }),
                     };
-                    Subject::Member {
-                        org_version,
-                        role: role.clone(),
-                        permissions,
-                    }
+                    Subject::Member { org_version, grant }
                 }
             };
-            out.insert(*pair, subject);
+            out.push((*pair, subject));
         }
         Ok(out)
     }
@@ -200,7 +261,7 @@ impl Decisions {
         &self,
         c: &C,
         needed: &HashSet<(String, String)>,
-    ) -> AppResult<HashMap<(String, String), PermissionSet>> {
+    ) -> AppResult<HashMap<(String, String), Arc<Grant>>> {
         if needed.is_empty() {
             return Ok(HashMap::new());
         }
@@ -210,29 +271,22 @@ impl Decisions {
             .into_iter()
             .filter(|r| needed.contains(&(r.org_id.clone(), r.key.clone())))
             .map(|r| {
-                let perms: PermissionSet = decode_permissions(&r.permissions)
-                    .iter()
-                    .filter_map(|p| Permission::parse(p).ok())
-                    .filter(|p| self.policy.knows(p))
-                    .collect();
-                ((r.org_id, r.key), perms)
+                let names = decode_permissions(&r.permissions);
+                let grant = self.grants.grant(&r.key, names.iter().map(String::as_str));
+                ((r.org_id, r.key), grant)
             })
             .collect())
     }
 
-    #[tracing::instrument(name = "decisions.check", skip_all, fields(org_id = %org, permission = %permission, decision))]
+    #[tracing::instrument(name = "decisions.check", target = "teamgate::trace", skip_all, fields(org_id = %org, permission = self.policy().name_of(permission).map(|p| p.as_str()), decision))]
     pub async fn check(
         &self,
         org: OrgId,
         user: UserId,
-        permission: &Permission,
-        freshness: Freshness,
+        permission: PermissionBit,
+        freshness: &Freshness,
     ) -> AppResult<(Reason, Option<ConsistencyToken>)> {
-        let subjects = self.subjects(&[(org, user)], freshness).await?;
-        let subject = subjects
-            .get(&(org, user))
-            .cloned()
-            .unwrap_or(Subject::OrgNotFound);
+        let subject = self.subject((org, user), freshness).await?;
         let token = subject
             .org_version()
             .map(|version| ConsistencyToken { org, version });
@@ -246,7 +300,7 @@ impl Decisions {
     pub async fn lookup_orgs(
         &self,
         user: UserId,
-        permission: &Permission,
+        permission: PermissionBit,
         page: PageRequest,
     ) -> AppResult<Page<String>> {
         let c = self.store.conn();
@@ -262,8 +316,8 @@ impl Decisions {
                 .filter_map(|(o, _)| OrgId::from_stored(&o.id).map(|id| (id, user)))
                 .collect();
             let subjects = self.load(&pairs).await?;
-            for pair in pairs {
-                if subjects.get(&pair).map(|s| s.decide(permission)) == Some(Reason::Allowed) {
+            for (pair, subject) in subjects {
+                if subject.decide(permission) == Reason::Allowed {
                     matched.push(pair.0.to_string());
                 }
             }

@@ -504,7 +504,7 @@ impl App {
             .before(invitation_json(&inv.row))
             .after(json!({"user_id": user.id, "email": user.email, "role": role.key}));
         let t = self
-            .commit_org_events(tx, ctx, &org, &user.id, [accepted], Effect::Decisions)
+            .commit_org_events(tx, ctx, &org, &user.id, [accepted], joined(&user.id))
             .await?;
         Ok((
             MemberView::new(&membership, &user),
@@ -524,4 +524,9 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
     }
+}
+
+/// The effect of `user` joining: their own decisions change, nobody else's.
+fn joined(user: &str) -> Effect {
+    UserId::from_stored(user).map_or(Effect::Decisions, Effect::Member)
 }

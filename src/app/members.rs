@@ -78,7 +78,7 @@ impl App {
                 ctx,
                 org_id,
                 Authority::Permission("members.manage"),
-                Effect::Decisions,
+                Effect::Member(*user_id),
             )
             .await?;
         let (membership, user_row) = members::find_with_user(w.conn(), org_id, user_id)
@@ -128,7 +128,7 @@ impl App {
             Authority::Permission("members.manage")
         };
         let w = self
-            .org_write(ctx, org_id, authority, Effect::Decisions)
+            .org_write(ctx, org_id, authority, Effect::Member(*user_id))
             .await?;
         let (membership, user_row) = members::find_with_user(w.conn(), org_id, user_id)
             .await?
@@ -163,7 +163,8 @@ impl App {
                 ctx,
                 org_id,
                 Authority::Permission("org.transfer"),
-                Effect::Decisions,
+                // The acting owner is demoted, the new owner promoted: no one else changes.
+                Effect::Members(ctx.actor()?, *new_owner),
             )
             .await?;
         let owner_role = self.policy.owner_role();

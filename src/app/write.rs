@@ -5,25 +5,58 @@
 //! actor, account status and two-factor included. The use case then checks its own rule and
 //! makes its change through [`OrgWrite::conn`], and [`OrgWrite::commit`] records the audit
 //! rows (each also a change-feed row) in the same transaction, commits, invalidates cached
-//! decisions when the write could change one, and wakes the change feed. Dropping an
+//! decisions when the write could change one (only the members it changed, unless it changed
+//! the org or a role), and wakes the change feed. Dropping an
 //! `OrgWrite` without committing rolls everything back, the version bump included.
 
 use serde_json::Value;
 
 use super::{ActingMember, App, AppResult, RequestCtx, org_not_found, token};
 use crate::domain::consistency::ConsistencyToken;
-use crate::domain::ids::OrgId;
+use crate::domain::ids::{OrgId, UserId};
 use crate::store::orgs::OrgRow;
 use crate::store::{Tx, WriteTx, audit, orgs};
 
 /// What a write can change, which decides whether cached decisions must go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Effect {
-    /// Memberships, roles, the org's existence or its two-factor rule: Check answers may
-    /// change, so the org's version is bumped and its cached decisions dropped.
+    /// Role definitions, the org's existence or its two-factor rule: any member's Check
+    /// answers may change, so the org's version is bumped and all its cached decisions dropped.
     Decisions,
+    /// One member's membership (joined, left, role changed): the org's version is bumped and
+    /// that member's cached decisions dropped; the other members' stay.
+    Member(UserId),
+    /// Two members' memberships (an ownership transfer).
+    Members(UserId, UserId),
     /// Invitations, names, plans: no decision changes, so caches stay warm.
     Records,
+}
+
+/// What a committed write changed, for invalidation.
+#[derive(Debug, Clone)]
+pub(crate) enum Changed {
+    /// Every member's decisions in the org, as of `version`.
+    Org { org: String, version: i64 },
+    /// One member's decisions in the org, as of `version`.
+    Member {
+        org: String,
+        user: UserId,
+        version: i64,
+    },
+}
+
+impl Changed {
+    /// One user's decisions in each of the orgs an account change locked.
+    pub fn account(user: UserId, locked: &[(String, i64)]) -> Vec<Changed> {
+        locked
+            .iter()
+            .map(|(org, version)| Changed::Member {
+                org: org.clone(),
+                user,
+                version: *version,
+            })
+            .collect()
+    }
 }
 
 /// Who may make the write.
@@ -76,7 +109,7 @@ pub(crate) struct OrgWrite<'a> {
     tx: WriteTx,
     /// The org's id, typed, for the store's queries.
     pub id: OrgId,
-    /// The org as locked (its version already bumped for [`Effect::Decisions`]).
+    /// The org as locked (its version already bumped unless [`Effect::Records`]).
     pub org: OrgRow,
     pub actor: ActingMember,
     effect: Effect,
@@ -94,8 +127,10 @@ impl App {
     ) -> AppResult<OrgWrite<'a>> {
         let tx = self.store.write().await?;
         let locked = match effect {
-            Effect::Decisions => orgs::lock(&*tx, org_id).await?,
             Effect::Records => orgs::lock_unchanged(&*tx, org_id).await?,
+            Effect::Decisions | Effect::Member(_) | Effect::Members(..) => {
+                orgs::lock(&*tx, org_id).await?
+            }
         };
         let org = locked.ok_or_else(|| org_not_found(&org_id.to_string()))?;
         let actor = match authority {
@@ -126,11 +161,16 @@ impl App {
         })
     }
 
-    /// After a commit: drops cached decisions of the orgs whose versions it bumped and wakes
-    /// this replica's change feed. Every write path ends here.
-    pub(crate) async fn committed(&self, bumped: &[(String, i64)]) {
-        for (org, version) in bumped {
-            self.decisions.invalidate_org(org, *version).await;
+    /// After a commit: drops the cached decisions the write changed (at the versions it
+    /// bumped) and wakes this replica's change feed. Every write path ends here.
+    pub(crate) async fn committed(&self, changed: &[Changed]) {
+        for c in changed {
+            match c {
+                Changed::Org { org, version } => self.decisions.invalidate_org(org, *version).await,
+                Changed::Member { org, user, version } => {
+                    self.decisions.invalidate_member(org, *user, *version).await
+                }
+            }
         }
         if let Some(wake) = self.on_commit.get() {
             wake();
@@ -153,7 +193,7 @@ impl OrgWrite<'_> {
     /// the token names the version the org keeps.
     pub fn unchanged(self) -> ConsistencyToken {
         let mut t = token(&self.org);
-        if self.effect == Effect::Decisions {
+        if self.effect != Effect::Records {
             t.version -= 1;
         }
         t
@@ -197,11 +237,21 @@ impl App {
             audit::insert(&*tx, row).await?;
         }
         tx.commit().await?;
-        let bumped = match effect {
-            Effect::Decisions => vec![(org.id.clone(), org.version)],
+        let member = |user| Changed::Member {
+            org: org.id.clone(),
+            user,
+            version: org.version,
+        };
+        let changed = match effect {
+            Effect::Decisions => vec![Changed::Org {
+                org: org.id.clone(),
+                version: org.version,
+            }],
+            Effect::Member(user) => vec![member(user)],
+            Effect::Members(a, b) => vec![member(a), member(b)],
             Effect::Records => Vec::new(),
         };
-        self.committed(&bumped).await;
+        self.committed(&changed).await;
         Ok(token(org))
     }
 }

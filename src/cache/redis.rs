@@ -2,10 +2,13 @@
 //!
 //! Keys (ids are canonical hyphenated UUIDs, so `:` can never be part of one):
 //! - `{prefix}:s:{org}:{user}` — a subject, JSON, with the org version and epoch it was read at;
-//! - `{prefix}:v:{org}` — the newest committed version of the org that any replica published;
+//! - `{prefix}:v:{org}` — the newest version of the org whose change reaches all its members
+//!   (a role definition, the org itself) that any replica published;
+//! - `{prefix}:m:{org}:{user}` — the same for one member (their membership or account);
 //! - `{prefix}:epoch` — bumped whenever a replica (re)connects, since it may have missed
 //!   invalidations while away; entries from an older epoch are never served;
-//! - channel `{prefix}:invalidate` — `v {org} {version}` and `e {epoch}` messages.
+//! - channel `{prefix}:invalidate` — `v {org} {version}`, `m {org} {user} {version}` and
+//!   `e {epoch}` messages.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -17,8 +20,8 @@ use redis::{AsyncCommands, Client, Script};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::domain::decision::{Pair, Subject};
-use crate::domain::permission::{Permission, PermissionSet};
+use crate::domain::decision::{Grants, Pair, Subject};
+use crate::domain::ids::{OrgId, UserId};
 
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -32,7 +35,12 @@ pub struct RedisSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalidation {
     Org {
-        org: String,
+        org: OrgId,
+        version: i64,
+    },
+    /// One member's membership or account changed.
+    Member {
+        pair: Pair,
         version: i64,
     },
     /// Everything cached in process may have missed invalidations: drop it.
@@ -81,6 +89,7 @@ pub struct RedisLevel {
     epoch: AtomicI64,
     subscribed: AtomicBool,
     bump: Script,
+    grants: Arc<Grants>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +103,10 @@ pub enum RedisLevelError {
 impl RedisLevel {
     /// Connects lazily: a Redis that is down at start-up degrades checks to the database
     /// instead of stopping the server.
-    pub fn new(settings: RedisSettings) -> Result<Arc<RedisLevel>, RedisLevelError> {
+    pub fn new(
+        settings: RedisSettings,
+        grants: Arc<Grants>,
+    ) -> Result<Arc<RedisLevel>, RedisLevelError> {
         let client = Client::open(settings.url.as_str())?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
@@ -109,6 +121,7 @@ impl RedisLevel {
             epoch: AtomicI64::new(-1),
             subscribed: AtomicBool::new(false),
             bump: Script::new(BUMP),
+            grants,
         }))
     }
 
@@ -138,9 +151,14 @@ impl RedisLevel {
         let mut orgs: Vec<String> = pairs.iter().map(|p| p.0.to_string()).collect();
         orgs.sort();
         orgs.dedup();
-        let mut keys = Vec::with_capacity(1 + orgs.len() + pairs.len());
+        let mut keys = Vec::with_capacity(1 + orgs.len() + 2 * pairs.len());
         keys.push(format!("{}:epoch", self.settings.prefix));
         keys.extend(orgs.iter().map(|o| self.key("v", o)));
+        keys.extend(
+            pairs
+                .iter()
+                .map(|(o, u)| self.key("m", &format!("{o}:{u}"))),
+        );
         keys.extend(
             pairs
                 .iter()
@@ -162,13 +180,16 @@ impl RedisLevel {
             .zip(&values[1..1 + orgs.len()])
             .filter_map(|(o, v)| num(v).map(|n| (o.as_str(), n)))
             .collect();
+        let members = &values[1 + orgs.len()..1 + orgs.len() + pairs.len()];
+        let subjects = &values[1 + orgs.len() + pairs.len()..];
         Ok(pairs
             .iter()
-            .zip(&values[1 + orgs.len()..])
-            .map(|((org, _), raw)| {
+            .zip(members.iter().zip(subjects))
+            .map(|((org, _), (member, raw))| {
                 let wire: Wire = serde_json::from_str(raw.as_deref()?).ok()?;
                 let published = versions.get(org.to_string().as_str()).copied().unwrap_or(0);
-                if wire.e != epoch || wire.v < published {
+                let floor = published.max(num(member).unwrap_or(0));
+                if wire.e != epoch || wire.v < floor {
                     return None;
                 }
                 Some(match wire.r {
@@ -177,12 +198,7 @@ impl RedisLevel {
                     },
                     Some(role) => Subject::Member {
                         org_version: wire.v,
-                        role,
-                        permissions: wire
-                            .p
-                            .iter()
-                            .filter_map(|p| Permission::parse(p).ok())
-                            .collect::<PermissionSet>(),
+                        grant: self.grants.grant(&role, wire.p.iter().map(String::as_str)),
                     },
                 })
             })
@@ -207,15 +223,11 @@ impl RedisLevel {
                     r: None,
                     p: vec![],
                 },
-                Subject::Member {
-                    org_version,
-                    role,
-                    permissions,
-                } => Wire {
+                Subject::Member { org_version, grant } => Wire {
                     e: epoch,
                     v: *org_version,
-                    r: Some(role.clone()),
-                    p: permissions.to_strings(),
+                    r: Some(grant.role.clone()),
+                    p: grant.permissions.to_strings(),
                 },
             };
             let Ok(json) = serde_json::to_string(&wire) else {
@@ -242,6 +254,26 @@ impl RedisLevel {
             .arg(format!("v {org} {version}"))
             .arg(ttl);
         // A bump must not be lost to a momentary blip: give it more time than a lookup.
+        within(CONTROL_TIMEOUT, inv.invoke_async::<i64>(&mut conn))
+            .await
+            .map(|_| ())
+    }
+
+    /// Publishes a committed change to one member: raises the member's version key and
+    /// tells every replica. The org's key is left alone, so its other members' entries stay.
+    pub async fn publish_member(
+        &self,
+        org: OrgId,
+        user: UserId,
+        version: i64,
+    ) -> Result<(), RedisLevelError> {
+        let ttl = self.settings.ttl.as_secs().saturating_mul(2) + 60;
+        let mut conn = self.conn.clone();
+        let mut inv = self.bump.key(self.key("m", &format!("{org}:{user}")));
+        inv.key(self.channel())
+            .arg(version)
+            .arg(format!("m {org} {user} {version}"))
+            .arg(ttl);
         within(CONTROL_TIMEOUT, inv.invoke_async::<i64>(&mut conn))
             .await
             .map(|_| ())
@@ -300,16 +332,19 @@ impl RedisLevel {
                 continue;
             };
             let mut parts = payload.split(' ');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some("v"), Some(org), Some(v)) => {
-                    if let Ok(version) = v.parse() {
-                        let _ = tx.send(Invalidation::Org {
-                            org: org.to_owned(),
-                            version,
-                        });
+            match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                (Some("v"), Some(org), Some(v), None) => {
+                    if let (Some(org), Ok(version)) = (OrgId::from_stored(org), v.parse()) {
+                        let _ = tx.send(Invalidation::Org { org, version });
                     }
                 }
-                (Some("e"), Some(e), None) => {
+                (Some("m"), Some(org), Some(user), Some(v)) => {
+                    let pair = OrgId::from_stored(org).zip(UserId::from_stored(user));
+                    if let (Some(pair), Ok(version)) = (pair, v.parse()) {
+                        let _ = tx.send(Invalidation::Member { pair, version });
+                    }
+                }
+                (Some("e"), Some(e), None, None) => {
                     if let Ok(e) = e.parse::<i64>()
                         && e > self.epoch.load(Ordering::Acquire)
                     {

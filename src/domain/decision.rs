@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use super::consistency::ConsistencyToken;
 use super::ids::{OrgId, UserId};
-use super::permission::{Permission, PermissionSet};
+use super::permission::{Permission, PermissionBit, PermissionBits, PermissionSet};
+use super::policy::Policy;
 
 /// One question's key: a user in an org.
 pub type Pair = (OrgId, UserId);
@@ -39,7 +40,76 @@ impl Reason {
     }
 }
 
-/// What the check path knows about one user in one org.
+/// What a role grants: its name, its permissions, and the same as catalog bits. One `Arc` per
+/// built-in role is shared by every member holding it; a custom role gets one per load.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub role: String,
+    pub permissions: PermissionSet,
+    bits: PermissionBits,
+}
+
+impl Grant {
+    pub fn new(role: String, permissions: PermissionSet, policy: &Policy) -> Grant {
+        let bits = policy.bits_of(permissions.iter().map(|p| p.as_str()));
+        Grant {
+            role,
+            permissions,
+            bits,
+        }
+    }
+
+    pub fn allows(&self, permission: PermissionBit) -> bool {
+        self.bits.contains(permission)
+    }
+}
+
+/// The grants of the policy's built-in roles, made once, so subjects share them.
+#[derive(Debug)]
+pub struct Grants {
+    built_in: Vec<Arc<Grant>>,
+    policy: Arc<Policy>,
+}
+
+impl Grants {
+    pub fn new(policy: Arc<Policy>) -> Grants {
+        let built_in = policy
+            .roles()
+            .iter()
+            .map(|r| Arc::new(Grant::new(r.key.clone(), r.permissions.clone(), &policy)))
+            .collect();
+        Grants { built_in, policy }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn built_in(&self, role: &str) -> Option<&Arc<Grant>> {
+        self.built_in.iter().find(|g| g.role == role)
+    }
+
+    /// The grant of `role`: the shared one for a built-in role, else a new one of
+    /// `permissions` (names outside the catalog are dropped).
+    pub fn grant<'a>(
+        &self,
+        role: &str,
+        permissions: impl IntoIterator<Item = &'a str>,
+    ) -> Arc<Grant> {
+        if let Some(g) = self.built_in(role) {
+            return g.clone();
+        }
+        let set: PermissionSet = permissions
+            .into_iter()
+            .filter_map(|p| Permission::parse(p).ok())
+            .filter(|p| self.policy.knows(p))
+            .collect();
+        Arc::new(Grant::new(role.to_owned(), set, &self.policy))
+    }
+}
+
+/// What the check path knows about one user in one org. Cheap to clone: a member's grant
+/// is shared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subject {
     OrgNotFound,
@@ -48,8 +118,7 @@ pub enum Subject {
     },
     Member {
         org_version: i64,
-        role: String,
-        permissions: PermissionSet,
+        grant: Arc<Grant>,
     },
     /// The user's account is disabled (whether or not they are a member).
     UserDisabled {
@@ -62,13 +131,11 @@ pub enum Subject {
 }
 
 impl Subject {
-    pub fn decide(&self, permission: &Permission) -> Reason {
+    pub fn decide(&self, permission: PermissionBit) -> Reason {
         match self {
             Subject::OrgNotFound => Reason::OrgNotFound,
             Subject::NotMember { .. } => Reason::NotMember,
-            Subject::Member { permissions, .. } if permissions.contains(permission) => {
-                Reason::Allowed
-            }
+            Subject::Member { grant, .. } if grant.allows(permission) => Reason::Allowed,
             Subject::Member { .. } => Reason::MissingPermission,
             Subject::UserDisabled { .. } => Reason::UserDisabled,
             Subject::MfaRequired { .. } => Reason::MfaRequired,

@@ -115,10 +115,68 @@ impl FromIterator<Permission> for PermissionSet {
     }
 }
 
+/// A permission's position in the policy's catalog (see `Policy::bit`): the check path tests
+/// a bit instead of comparing names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PermissionBit(u16);
+
+impl PermissionBit {
+    pub fn new(index: u16) -> PermissionBit {
+        PermissionBit(index)
+    }
+
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// A set of catalog positions. Two words inline cover catalogs of up to 128 permissions
+/// without a heap allocation; larger catalogs spill.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PermissionBits(smallvec::SmallVec<[u64; 2]>);
+
+impl PermissionBits {
+    pub fn insert(&mut self, bit: PermissionBit) {
+        let (word, mask) = (bit.index() / 64, 1u64 << (bit.index() % 64));
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= mask;
+    }
+
+    pub fn contains(&self, bit: PermissionBit) -> bool {
+        let (word, mask) = (bit.index() / 64, 1u64 << (bit.index() % 64));
+        self.0.get(word).is_some_and(|w| w & mask != 0)
+    }
+}
+
+impl FromIterator<PermissionBit> for PermissionBits {
+    fn from_iter<T: IntoIterator<Item = PermissionBit>>(iter: T) -> Self {
+        let mut bits = PermissionBits::default();
+        for b in iter {
+            bits.insert(b);
+        }
+        bits
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn bits_hold_exactly_what_was_inserted() {
+        let set: PermissionBits = [0u16, 63, 64, 200]
+            .into_iter()
+            .map(PermissionBit::new)
+            .collect();
+        for i in 0..260u16 {
+            let expected = [0, 63, 64, 200].contains(&i);
+            assert_eq!(set.contains(PermissionBit::new(i)), expected, "{i}");
+        }
+        assert!(!PermissionBits::default().contains(PermissionBit::new(0)));
+    }
 
     #[test]
     fn accepts_area_action() {

@@ -3,14 +3,14 @@
 //! A policy is parsed from TOML and validated as a whole; a `Policy` value that exists is
 //! internally consistent, so the rest of the service never re-checks it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::ops::Range;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::permission::{Permission, PermissionSet};
+use super::permission::{Permission, PermissionBit, PermissionBits, PermissionSet};
 
 /// The permissions teamgate itself enforces; every policy's catalog must declare them.
 pub const ENFORCED_PERMISSIONS: [&str; 8] = [
@@ -100,12 +100,29 @@ pub struct Route {
 #[derive(Debug, Clone)]
 pub struct Policy {
     catalog: BTreeSet<Permission>,
+    /// Catalog positions by name (the catalog's order), for the check path.
+    bits: HashMap<String, PermissionBit>,
     roles: Vec<BuiltInRole>,
     owner_role: String,
     invite_role: String,
     default_plan: String,
     plans: Vec<Plan>,
     routes: Vec<Route>,
+}
+
+/// Catalog positions are u16 (see `PermissionBit`); no real catalog comes near this.
+const MAX_CATALOG: usize = 4096;
+
+fn positions(catalog: &BTreeSet<Permission>) -> HashMap<String, PermissionBit> {
+    catalog
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            // `MAX_CATALOG` keeps every position within u16.
+            let i = u16::try_from(i).unwrap_or(u16::MAX);
+            (p.as_str().to_owned(), PermissionBit::new(i))
+        })
+        .collect()
 }
 
 /// One problem found in a policy file, with the line it is on when known.
@@ -205,6 +222,12 @@ impl Policy {
                 }
                 Err(e) => problems.at(p.span(), e.to_string()),
             }
+        }
+        if catalog.len() > MAX_CATALOG {
+            problems.general(format!(
+                "the permission catalog declares {} permissions; at most {MAX_CATALOG} are supported",
+                catalog.len()
+            ));
         }
         for enforced in ENFORCED_PERMISSIONS {
             if !catalog.iter().any(|p| p.as_str() == enforced) {
@@ -344,6 +367,7 @@ impl Policy {
         }
 
         problems.into_result(Policy {
+            bits: positions(&catalog),
             catalog,
             roles,
             owner_role: raw.owner_role.into_inner(),
@@ -357,6 +381,7 @@ impl Policy {
     fn empty() -> Policy {
         Policy {
             catalog: BTreeSet::new(),
+            bits: HashMap::new(),
             roles: Vec::new(),
             owner_role: String::new(),
             invite_role: String::new(),
@@ -378,6 +403,22 @@ impl Policy {
 
     pub fn knows(&self, permission: &Permission) -> bool {
         self.catalog.contains(permission)
+    }
+
+    /// The catalog position of a permission name; `None` for a name not in the catalog
+    /// (whether or not it is well-formed). Allocates nothing.
+    pub fn bit(&self, name: &str) -> Option<PermissionBit> {
+        self.bits.get(name).copied()
+    }
+
+    /// The name at a catalog position.
+    pub fn name_of(&self, bit: PermissionBit) -> Option<&Permission> {
+        self.catalog.iter().nth(bit.index())
+    }
+
+    /// The catalog positions of `set` (names outside the catalog are left out).
+    pub fn bits_of<'a>(&self, set: impl IntoIterator<Item = &'a str>) -> PermissionBits {
+        set.into_iter().filter_map(|p| self.bit(p)).collect()
     }
 
     /// Built-in roles, highest first.

@@ -34,6 +34,17 @@ pub const TRACE_FILTER: &str = "info,sqlx=warn,sea_orm=warn,sea_orm::database=in
 
 /// Installs the global subscriber with logs only. `RUST_LOG` overrides `filter`. Safe to call
 /// twice (the second call is ignored), which tests rely on.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans go to an exporter: span fields recorded after the work is done (an RPC's
+/// latency and status) matter only then, since the logs never print a span after its call.
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The target of spans that only traces record (the check path's inner spans), never logs.
+pub const TRACE_ONLY: &str = "teamgate::trace";
+
 pub fn init(format: &LogFormat, filter: &str) {
     let _ = install(format, filter, None);
 }
@@ -47,6 +58,9 @@ pub fn init_with(log: &LogConfig, telemetry: &TelemetryConfig) -> anyhow::Result
         None => None,
     };
     let installed = install(&log.format, &log.filter, provider.clone());
+    if installed.is_ok() && provider.is_some() {
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let guard = TelemetryGuard { provider };
     match (installed, &guard.provider, &telemetry.otlp_endpoint) {
         (Ok(()), Some(_), Some(endpoint)) => tracing::info!(
@@ -95,8 +109,15 @@ fn install(
             .with_tracer(p.tracer("teamgate"))
             .with_filter(EnvFilter::new(TRACE_FILTER).and(queries_in_calls))
     });
+    // The check path's inner spans are for traces; in logs, the `rpc` span already says
+    // which call a line belongs to. Left out of the logs by a filter whose answer is fixed
+    // per call site (a closure filter would make every call site a per-call question), they
+    // are disabled outright when no exporter is set: not even created.
+    let not_trace_only = filter::Targets::new()
+        .with_default(filter::LevelFilter::TRACE)
+        .with_target(TRACE_ONLY, filter::LevelFilter::OFF);
     tracing_subscriber::registry()
-        .with(logs.with_filter(log_filter))
+        .with(logs.with_filter(log_filter.and(not_trace_only)))
         .with(traces)
         .try_init()
 }

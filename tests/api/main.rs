@@ -12,6 +12,7 @@ mod feed;
 mod feed_scaling;
 mod hostile;
 mod identity;
+mod invalidation;
 mod invitations;
 mod limits;
 mod log_secrets;

@@ -848,7 +848,7 @@ async fn traces_and_metrics_from_the_binary() {
             && s.parent_span_id.is_empty())
     );
     assert!(in_trace("decisions.subjects"));
-    assert!(in_trace("cache.get_many"));
+    assert!(in_trace("cache.get"));
     assert!(
         in_trace("decisions.load"),
         "the first check reads the database"

@@ -137,7 +137,7 @@ impl App {
         )
         .await?;
         tx.commit().await?;
-        self.committed(&locked).await;
+        self.committed(&Changed::account(user, &locked)).await;
         Ok((Account::from(&after), tokens_for(&locked)))
     }
 

@@ -130,7 +130,7 @@ impl App {
         )
         .await?;
         tx.commit().await?;
-        self.committed(&locked).await;
+        self.committed(&Changed::account(user, &locked)).await;
         Ok(tokens_for(&locked))
     }
 }

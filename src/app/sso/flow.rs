@@ -507,7 +507,7 @@ impl App {
                 ctx,
                 &OrgId::from_row(&conn.org_id),
                 Authority::Provisioning { user: user_id },
-                Effect::Decisions,
+                Effect::Member(user_id),
             )
             .await?;
         let role = self
