@@ -260,14 +260,14 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
     let grants = Arc::new(Grants::new(policy.clone()));
     let cache = DecisionCache::new(
         &CacheSettings {
-        max_entries: config.cache.max_entries,
-        ttl,
-        redis: config.redis.url.as_ref().map(|url| RedisSettings {
-            url: url.expose().to_owned(),
-            prefix: config.redis.key_prefix.clone(),
-            timeout: Duration::from_millis(config.redis.timeout_ms),
+            max_entries: config.cache.max_entries,
             ttl,
-        }),
+            redis: config.redis.url.as_ref().map(|url| RedisSettings {
+                url: url.expose().to_owned(),
+                prefix: config.redis.key_prefix.clone(),
+                timeout: Duration::from_millis(config.redis.timeout_ms),
+                ttl,
+            }),
         },
         grants.clone(),
     );

@@ -87,7 +87,9 @@ impl Conn {
                 // A denial is an answer too (an OK response carrying the HTTP status).
                 let r = self.ext_authz.check(*req).await?.into_inner();
                 if r.status.is_none() {
-                    return Err(tonic::Status::internal("ext_authz answered without a status"));
+                    return Err(tonic::Status::internal(
+                        "ext_authz answered without a status",
+                    ));
                 }
                 Ok(Kind::Read)
             }

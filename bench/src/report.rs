@@ -212,10 +212,7 @@ pub fn evaluate(
             out.push(TargetResult {
                 target: "Server CPU per cache-hit Check ≤ 2× the no-op server's per call".into(),
                 backend: b.backend.clone(),
-                measured: format!(
-                    "{:.2}× ({cpu:.1} vs {noop_cpu:.1} µs/call)",
-                    cpu / noop_cpu
-                ),
+                measured: format!("{:.2}× ({cpu:.1} vs {noop_cpu:.1} µs/call)", cpu / noop_cpu),
                 verdict: Verdict::of(cpu <= 2.0 * noop_cpu),
             });
         }
@@ -245,8 +242,7 @@ pub fn evaluate(
         ) {
             let ratio = mixed.summary.requests_per_s / pure.summary.requests_per_s.max(1.0);
             out.push(TargetResult {
-                target: "Mixed (1% UpdateMemberRole): ≥ 0.8× the cache-hit row's requests/s"
-                    .into(),
+                target: "Mixed (1% UpdateMemberRole): ≥ 0.8× the cache-hit row's requests/s".into(),
                 backend: b.backend.clone(),
                 measured: format!(
                     "{ratio:.2}× ({:.0} vs {:.0} req/s)",

@@ -202,11 +202,7 @@ impl AuthzService for AuthzApi {
             .permission_bit(|| "permission".to_owned(), permission.as_str())?;
         let scope = format!("{user}/{}", permission.as_str());
         let page = page_request("lookup", &scope, req.page_size, &req.page_token)?;
-        let page = self
-            .app
-            .decisions
-            .lookup_orgs(user, bit, page)
-            .await?;
+        let page = self.app.decisions.lookup_orgs(user, bit, page).await?;
         Ok(Response::new(pb::LookupOrganizationsResponse {
             org_ids: page.items,
             next_page_token: next_token("lookup", &scope, page.next),

@@ -277,7 +277,11 @@ impl ExtAuthzApi {
 
 #[tonic::async_trait]
 impl Authorization for ExtAuthzApi {
-    #[tracing::instrument(target = "teamgate::trace", skip_all, fields(method, permission, org_id, allowed, reason))]
+    #[tracing::instrument(
+        target = "teamgate::trace",
+        skip_all,
+        fields(method, permission, org_id, allowed, reason)
+    )]
     async fn check(
         &self,
         request: Request<CheckRequest>,

@@ -238,9 +238,16 @@ impl Decisions {
                 Some(role) => {
                     let grant = match self.grants.built_in(role) {
                         Some(g) => g.clone(),
-                        None => custom.get(&(org.clone(), role.clone())).cloned().unwrap_or_else(
-                            || Arc::new(Grant::new(role.clone(), Default::default(), self.policy())),
-                        ),
+                        None => custom
+                            .get(&(org.clone(), role.clone()))
+                            .cloned()
+                            .unwrap_or_else(|| {
+                                Arc::new(Grant::new(
+                                    role.clone(),
+                                    Default::default(),
+                                    self.policy(),
+                                ))
+                            }),
                     };
                     Subject::Member { org_version, grant }
                 }
@@ -265,9 +272,7 @@ impl Decisions {
             .filter(|r| needed.contains(&(r.org_id.clone(), r.key.clone())))
             .map(|r| {
                 let names = decode_permissions(&r.permissions);
-                let grant = self
-                    .grants
-                    .grant(&r.key, names.iter().map(String::as_str));
+                let grant = self.grants.grant(&r.key, names.iter().map(String::as_str));
                 ((r.org_id, r.key), grant)
             })
             .collect())

@@ -146,9 +146,7 @@ impl App {
     pub(crate) async fn committed(&self, changed: &[Changed]) {
         for c in changed {
             match c {
-                Changed::Org { org, version } => {
-                    self.decisions.invalidate_org(org, *version).await
-                }
+                Changed::Org { org, version } => self.decisions.invalidate_org(org, *version).await,
                 Changed::Member { org, user, version } => {
                     self.decisions.invalidate_member(org, *user, *version).await
                 }

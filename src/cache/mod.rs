@@ -258,7 +258,11 @@ impl DecisionCache {
             return Some(hit);
         }
         let hit = match &self.redis {
-            Some(_) => self.get_shared(std::slice::from_ref(pair)).await.pop().flatten(),
+            Some(_) => self
+                .get_shared(std::slice::from_ref(pair))
+                .await
+                .pop()
+                .flatten(),
             None => None,
         };
         if hit.is_none() {

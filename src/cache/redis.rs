@@ -154,7 +154,11 @@ impl RedisLevel {
         let mut keys = Vec::with_capacity(1 + orgs.len() + 2 * pairs.len());
         keys.push(format!("{}:epoch", self.settings.prefix));
         keys.extend(orgs.iter().map(|o| self.key("v", o)));
-        keys.extend(pairs.iter().map(|(o, u)| self.key("m", &format!("{o}:{u}"))));
+        keys.extend(
+            pairs
+                .iter()
+                .map(|(o, u)| self.key("m", &format!("{o}:{u}"))),
+        );
         keys.extend(
             pairs
                 .iter()

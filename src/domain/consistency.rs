@@ -90,11 +90,7 @@ impl ConsistencyToken {
         // the stack (a hyphenated UUID and an i64 fit in 80 bytes), one allocation in all.
         let mut json = [0u8; 80];
         let mut cursor = std::io::Cursor::new(&mut json[..]);
-        let _ = write!(
-            cursor,
-            "{{\"o\":\"{}\",\"v\":{}}}",
-            self.org, self.version
-        );
+        let _ = write!(cursor, "{{\"o\":\"{}\",\"v\":{}}}", self.org, self.version);
         let len = usize::try_from(cursor.position()).unwrap_or(0);
         let mut out = String::with_capacity(PREFIX.len() + 108);
         out.push_str(PREFIX);
@@ -127,7 +123,10 @@ mod tests {
                 v: t.version,
             })
             .unwrap();
-            assert_eq!(t.encode(), format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(json)));
+            assert_eq!(
+                t.encode(),
+                format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(json))
+            );
             assert_eq!(ConsistencyToken::decode(&t.encode()).unwrap(), t);
         }
     }

@@ -75,7 +75,11 @@ impl Grants {
 
     /// The grant of `role`: the shared one for a built-in role, else a new one of
     /// `permissions` (names outside the catalog are dropped).
-    pub fn grant<'a>(&self, role: &str, permissions: impl IntoIterator<Item = &'a str>) -> Arc<Grant> {
+    pub fn grant<'a>(
+        &self,
+        role: &str,
+        permissions: impl IntoIterator<Item = &'a str>,
+    ) -> Arc<Grant> {
         if let Some(g) = self.built_in(role) {
             return g.clone();
         }

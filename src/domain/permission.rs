@@ -167,7 +167,10 @@ mod tests {
 
     #[test]
     fn bits_hold_exactly_what_was_inserted() {
-        let set: PermissionBits = [0u16, 63, 64, 200].into_iter().map(PermissionBit::new).collect();
+        let set: PermissionBits = [0u16, 63, 64, 200]
+            .into_iter()
+            .map(PermissionBit::new)
+            .collect();
         for i in 0..260u16 {
             let expected = [0, 63, 64, 200].contains(&i);
             assert_eq!(set.contains(PermissionBit::new(i)), expected, "{i}");

@@ -86,7 +86,11 @@ async fn member_writes_keep_bystanders_cached(b: Backend) {
     assert_eq!(reloads(&after), reloads(&before), "{before:?} → {after:?}");
     assert_eq!(after.local_hits, before.local_hits + 1);
     assert!(s.allowed(&org, &changed, "projects.delete").await);
-    assert_eq!(reloads(&stats(&s)), reloads(&after) + 1, "the changed member is read again");
+    assert_eq!(
+        reloads(&stats(&s)),
+        reloads(&after) + 1,
+        "the changed member is read again"
+    );
 
     // A removal: denied at once, the bystander still a hit.
     remove(&s, &owner, &org, &removed).await;
@@ -132,9 +136,13 @@ async fn member_writes_keep_bystanders_cached_on_other_replicas(b: Backend) {
     let url = redis_url();
     let a = TestServer::spawn_with(b, |c| use_redis(c, &url)).await;
     let replica = a.replica().await;
-    wait_until("both replicas subscribe", Duration::from_secs(10), async || {
-        a.app().decisions.cache().redis_live() && replica.app().decisions.cache().redis_live()
-    })
+    wait_until(
+        "both replicas subscribe",
+        Duration::from_secs(10),
+        async || {
+            a.app().decisions.cache().redis_live() && replica.app().decisions.cache().redis_live()
+        },
+    )
     .await;
     let (org, owner) = a.org("Bystanders across replicas", "").await;
     let changed = a.member(&org, &owner, "member").await;
@@ -163,9 +171,11 @@ async fn member_writes_keep_bystanders_cached_on_other_replicas(b: Backend) {
         .into_inner();
     assert!(fresh.allowed);
     // ... and without it once the member's invalidation arrives.
-    wait_until("the replica sees the role change", Duration::from_secs(5), async || {
-        replica.allowed(&org, &changed, "projects.delete").await
-    })
+    wait_until(
+        "the replica sees the role change",
+        Duration::from_secs(5),
+        async || replica.allowed(&org, &changed, "projects.delete").await,
+    )
     .await;
     let before = stats(&replica);
     assert!(replica.allowed(&org, &bystander, "projects.view").await);
@@ -174,18 +184,22 @@ async fn member_writes_keep_bystanders_cached_on_other_replicas(b: Backend) {
 
     // A removal on A: B stops allowing the removed member, the bystander stays cached.
     remove(&a, &owner, &org, &changed).await;
-    wait_until("the replica sees the removal", Duration::from_secs(5), async || {
-        !replica.allowed(&org, &changed, "projects.view").await
-    })
+    wait_until(
+        "the replica sees the removal",
+        Duration::from_secs(5),
+        async || !replica.allowed(&org, &changed, "projects.view").await,
+    )
     .await;
     let before = stats(&replica);
     assert!(replica.allowed(&org, &bystander, "projects.view").await);
     assert_eq!(reloads(&stats(&replica)), reloads(&before));
     // A cold third replica reads the removed member's entry through Redis: never the old one.
     let third = a.replica().await;
-    wait_until("the third replica subscribes", Duration::from_secs(10), async || {
-        third.app().decisions.cache().redis_live()
-    })
+    wait_until(
+        "the third replica subscribes",
+        Duration::from_secs(10),
+        async || third.app().decisions.cache().redis_live(),
+    )
     .await;
     assert!(!third.allowed(&org, &changed, "projects.view").await);
     assert!(third.allowed(&org, &bystander, "projects.view").await);

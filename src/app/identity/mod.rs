@@ -12,8 +12,8 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 
 use super::ensure_account_active;
-use super::{App, AppResult, RequestCtx};
 use super::write::Changed;
+use super::{App, AppResult, RequestCtx};
 use crate::domain::DomainError;
 use crate::domain::consistency::{self, ConsistencyToken};
 use crate::domain::email::Email;
