@@ -514,6 +514,11 @@ impl App {
     }
 }
 
+/// The effect of `user` joining: their own decisions change, nobody else's.
+fn joined(user: &str) -> Effect {
+    UserId::from_stored(user).map_or(Effect::Decisions, Effect::Member)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,9 +529,4 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
     }
-}
-
-/// The effect of `user` joining: their own decisions change, nobody else's.
-fn joined(user: &str) -> Effect {
-    UserId::from_stored(user).map_or(Effect::Decisions, Effect::Member)
 }
