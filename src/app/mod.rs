@@ -8,6 +8,7 @@ pub mod invitations;
 pub mod members;
 pub mod orgs;
 pub mod roles;
+pub mod scim;
 mod write;
 
 use std::sync::Arc;

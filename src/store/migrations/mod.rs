@@ -6,6 +6,7 @@ mod m20261126_000001_initial;
 mod m20261126_000002_changes;
 mod m20261126_000003_identity;
 mod m20261201_000004_feed_commit_order;
+mod m20261202_000006_scim;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000002_changes::Migration),
             Box::new(m20261126_000003_identity::Migration),
             Box::new(m20261201_000004_feed_commit_order::Migration),
+            Box::new(m20261202_000006_scim::Migration),
         ]
     }
 }
