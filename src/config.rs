@@ -98,6 +98,59 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// The change feed: WatchChanges streams and webhooks.
     pub feed: FeedConfig,
+    /// The SCIM 2.0 server for directory provisioning; off unless `scim.listen` is set.
+    pub scim: ScimConfig,
+}
+
+/// SCIM 2.0 (RFC 7643/7644) on its own HTTP port, base path `/scim/v2`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScimConfig {
+    /// Serve SCIM on `http://ADDR/scim/v2`; off when unset.
+    pub listen: Option<SocketAddr>,
+    /// The base URL directories reach the server at (behind a TLS proxy, say
+    /// `https://scim.example.com/scim/v2`), used in `meta.location`; `http://<listen>/scim/v2`
+    /// when empty.
+    #[serde(deserialize_with = "text")]
+    pub base_url: String,
+    /// The most resources one list response returns (a larger `count` is lowered to it).
+    pub max_results: u32,
+}
+
+impl Default for ScimConfig {
+    fn default() -> Self {
+        ScimConfig {
+            listen: None,
+            base_url: String::new(),
+            max_results: 200,
+        }
+    }
+}
+
+impl ScimConfig {
+    fn validate(&self, grpc: SocketAddr) -> Result<(), ConfigError> {
+        let range = |key: &'static str, message: &str| {
+            Err(ConfigError::Range {
+                key,
+                message: message.into(),
+            })
+        };
+        if self
+            .listen
+            .is_some_and(|a| a.port() != 0 && a.port() == grpc.port())
+        {
+            return range("scim.listen", "must not use the gRPC port");
+        }
+        if !self.base_url.is_empty()
+            && !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://"))
+        {
+            return range("scim.base_url", "must start with http:// or https://");
+        }
+        if !(1..=1000).contains(&self.max_results) {
+            return range("scim.max_results", "must be between 1 and 1000");
+        }
+        Ok(())
+    }
 }
 
 /// The change feed (`WatchChanges` and webhooks).
@@ -624,6 +677,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: None,
             feed: FeedConfig::default(),
+            scim: ScimConfig::default(),
         }
     }
 }
@@ -870,6 +924,7 @@ impl Config {
         self.telemetry.validate(self.listen)?;
         self.ext_authz.validate()?;
         self.feed.validate()?;
+        self.scim.validate(self.listen)?;
         if self.server.max_message_bytes < 1024 {
             return range("server.max_message_bytes", "must be at least 1024");
         }
