@@ -141,9 +141,8 @@ impl ScimConfig {
         {
             return range("scim.listen", "must not use the gRPC port");
         }
-        if !self.base_url.is_empty()
-            && !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://"))
-        {
+        let url = &self.base_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return range("scim.base_url", "must start with http:// or https://");
         }
         if !(1..=1000).contains(&self.max_results) {

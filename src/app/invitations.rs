@@ -94,7 +94,11 @@ impl App {
         Ok(existing)
     }
 
-    pub(crate) async fn ensure_seat<C: ConnectionTrait>(&self, c: &C, org: &OrgRow) -> AppResult<()> {
+    pub(crate) async fn ensure_seat<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        org: &OrgRow,
+    ) -> AppResult<()> {
         let Some(plan) = self.policy.plan(&org.plan) else {
             return Ok(());
         };

@@ -432,7 +432,9 @@ mod tests {
         assert!(m(r#"USERNAME EQ "ADA@EXAMPLE.COM""#));
         assert!(m(r#"externalId eq "ext-1""#));
         assert!(!m(r#"externalId eq "EXT-1""#));
-        assert!(m(r#"urn:ietf:params:scim:schemas:core:2.0:User:userName eq "ada@example.com""#));
+        assert!(m(
+            r#"urn:ietf:params:scim:schemas:core:2.0:User:userName eq "ada@example.com""#
+        ));
     }
 
     #[test]

@@ -54,24 +54,27 @@ pub async fn service_provider_config(state: State) -> Response {
 }
 
 fn resource_type_docs(base: &str) -> Vec<Value> {
-    [("User", "/Users", USER_SCHEMA), ("Group", "/Groups", GROUP_SCHEMA)]
-        .into_iter()
-        .map(|(name, endpoint, schema)| {
-            json!({
-                "schemas": [RESOURCE_TYPE_SCHEMA],
-                "id": name,
-                "name": name,
-                "endpoint": endpoint,
-                "description": format!("{name} Account"),
-                "schema": schema,
-                "schemaExtensions": [],
-                "meta": {
-                    "resourceType": "ResourceType",
-                    "location": format!("{base}/ResourceTypes/{name}"),
-                },
-            })
+    [
+        ("User", "/Users", USER_SCHEMA),
+        ("Group", "/Groups", GROUP_SCHEMA),
+    ]
+    .into_iter()
+    .map(|(name, endpoint, schema)| {
+        json!({
+            "schemas": [RESOURCE_TYPE_SCHEMA],
+            "id": name,
+            "name": name,
+            "endpoint": endpoint,
+            "description": format!("{name} Account"),
+            "schema": schema,
+            "schemaExtensions": [],
+            "meta": {
+                "resourceType": "ResourceType",
+                "location": format!("{base}/ResourceTypes/{name}"),
+            },
         })
-        .collect()
+    })
+    .collect()
 }
 
 pub async fn resource_types(state: State) -> Response {

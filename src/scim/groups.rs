@@ -65,7 +65,10 @@ fn lookup(g: &DirectoryGroup, path: &str) -> Option<Attribute> {
 }
 
 fn invalid(detail: impl Into<String>) -> ScimError {
-    ScimError::bad("invalidValue", format!("INVALID_ARGUMENT: {}", detail.into()))
+    ScimError::bad(
+        "invalidValue",
+        format!("INVALID_ARGUMENT: {}", detail.into()),
+    )
 }
 
 /// `[{"value": "<user id>"}, …]` → the user ids.
@@ -103,7 +106,9 @@ fn member_filter(path: &str) -> Option<String> {
 
 fn apply_object(change: &mut GroupMembersChange, op: Op, obj: &Value) -> Result<(), ScimError> {
     let Some(map) = obj.as_object() else {
-        return Err(invalid("an operation without a path needs an object `value`"));
+        return Err(invalid(
+            "an operation without a path needs an object `value`",
+        ));
     };
     for (k, v) in map {
         match patch::strip_urn(k).as_str() {
@@ -154,7 +159,9 @@ fn patch_change(body: &Value) -> Result<GroupMembersChange, ScimError> {
             (_, Some(p)) => {
                 return Err(ScimError::bad(
                     "invalidPath",
-                    format!("INVALID_PATCH: `{p}` is not a path a group can be patched at (members, displayName)"),
+                    format!(
+                        "INVALID_PATCH: `{p}` is not a path a group can be patched at (members, displayName)"
+                    ),
                 ));
             }
             (Op::Remove, None) => {
@@ -201,13 +208,18 @@ pub async fn create(state: State, headers: HeaderMap, body: Bytes) -> Result<Res
         return Err(ScimError::new(
             StatusCode::CONFLICT,
             Some("uniqueness"),
-            format!("SCIM_GROUP_EXISTS: the group `{name}` exists as {}: PATCH its members", g.id),
+            format!(
+                "SCIM_GROUP_EXISTS: the group `{name}` exists as {}: PATCH its members",
+                g.id
+            ),
         ));
     }
     Err(ScimError::new(
         StatusCode::FORBIDDEN,
         None,
-        format!("SCIM_GROUP_NOT_MAPPED: the group `{name}` maps to no role: an owner maps it with SetScimGroupMapping"),
+        format!(
+            "SCIM_GROUP_NOT_MAPPED: the group `{name}` maps to no role: an owner maps it with SetScimGroupMapping"
+        ),
     ))
 }
 

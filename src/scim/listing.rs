@@ -34,9 +34,8 @@ impl ListQuery {
         let filter = match get("filter") {
             None => None,
             Some(raw) => {
-                let f = scim_filter::parse(raw).map_err(|e| {
-                    ScimError::bad("invalidFilter", format!("INVALID_FILTER: {e}"))
-                })?;
+                let f = scim_filter::parse(raw)
+                    .map_err(|e| ScimError::bad("invalidFilter", format!("INVALID_FILTER: {e}")))?;
                 if let Some(unknown) = f.paths().into_iter().find(|p| !known.contains(&p.as_str()))
                 {
                     return Err(ScimError::bad(
@@ -124,9 +123,6 @@ pub fn boolean(value: bool) -> Option<Attribute> {
 }
 
 pub fn texts(values: impl IntoIterator<Item = String>, case_exact: bool) -> Option<Attribute> {
-    let values: Vec<_> = values
-        .into_iter()
-        .map(scim_filter::Literal::Str)
-        .collect();
+    let values: Vec<_> = values.into_iter().map(scim_filter::Literal::Str).collect();
     (!values.is_empty()).then_some(Attribute { values, case_exact })
 }

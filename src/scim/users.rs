@@ -91,7 +91,10 @@ fn lookup(u: &DirectoryUser, path: &str) -> Option<Attribute> {
     match path {
         "id" => listing::text(&u.user_id, true),
         "username" | "emails" | "emails.value" => listing::text(&u.email, false),
-        "externalid" => u.external_id.as_deref().and_then(|e| listing::text(e, true)),
+        "externalid" => u
+            .external_id
+            .as_deref()
+            .and_then(|e| listing::text(e, true)),
         "active" => listing::boolean(u.active),
         "displayname" | "name.formatted" => listing::text(&formatted(u), false),
         "name.givenname" => listing::text(&u.first_name, false),
@@ -105,7 +108,10 @@ fn lookup(u: &DirectoryUser, path: &str) -> Option<Attribute> {
 }
 
 fn invalid(detail: impl Into<String>) -> ScimError {
-    ScimError::bad("invalidValue", format!("INVALID_ARGUMENT: {}", detail.into()))
+    ScimError::bad(
+        "invalidValue",
+        format!("INVALID_ARGUMENT: {}", detail.into()),
+    )
 }
 
 fn string<'a>(v: &'a Value, field: &str) -> Result<&'a str, ScimError> {
@@ -205,7 +211,9 @@ fn patch_change(body: &Value) -> Result<DirectoryUserChange, ScimError> {
             (Op::Remove, Some(path)) => {
                 return Err(ScimError::bad(
                     "mutability",
-                    format!("SCIM_IMMUTABLE: `{path}` cannot be removed (deactivate with `active: false`)"),
+                    format!(
+                        "SCIM_IMMUTABLE: `{path}` cannot be removed (deactivate with `active: false`)"
+                    ),
                 ));
             }
             (Op::Remove, None) => {
@@ -303,5 +311,7 @@ pub async fn delete(
         .app
         .directory_delete_user(&ctx, &secret, &id, if_match(&headers).as_deref())
         .await?;
-    Ok(axum::response::IntoResponse::into_response(StatusCode::NO_CONTENT))
+    Ok(axum::response::IntoResponse::into_response(
+        StatusCode::NO_CONTENT,
+    ))
 }

@@ -23,7 +23,13 @@ async fn spawn(backend: Backend) -> TestServer {
 }
 
 fn base(s: &TestServer) -> String {
-    s.running.as_ref().unwrap().scim().expect("SCIM is on").1.to_owned()
+    s.running
+        .as_ref()
+        .unwrap()
+        .scim()
+        .expect("SCIM is on")
+        .1
+        .to_owned()
 }
 
 /// Creates a SCIM token as `actor`; returns (token id, secret).
@@ -44,7 +50,13 @@ async fn token(s: &TestServer, org: &str, actor: &str) -> (String, String) {
     (r.scim_token.unwrap().id, r.token)
 }
 
-async fn map_group(s: &TestServer, org: &str, actor: &str, group: &str, role: &str) -> Result<pb::ScimGroupMapping, Status> {
+async fn map_group(
+    s: &TestServer,
+    org: &str,
+    actor: &str,
+    group: &str,
+    role: &str,
+) -> Result<pb::ScimGroupMapping, Status> {
     s.team
         .clone()
         .set_scim_group_mapping(as_actor(
@@ -60,21 +72,14 @@ async fn map_group(s: &TestServer, org: &str, actor: &str, group: &str, role: &s
 }
 
 /// One SCIM request with `token` (none when `None`); returns (status, JSON body).
-async fn call(
-    method: &str,
-    url: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
+async fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
     let client = reqwest::Client::new();
     let mut req = client.request(method.parse().unwrap(), url);
     if let Some(t) = token {
         req = req.header("Authorization", format!("Bearer {t}"));
     }
     if let Some(b) = body {
-        req = req
-            .header("Content-Type", SCIM_TYPE)
-            .body(b.to_string());
+        req = req.header("Content-Type", SCIM_TYPE).body(b.to_string());
     }
     let res = req.send().await.expect("SCIM answers");
     let status = res.status().as_u16();
@@ -123,7 +128,10 @@ fn assert_scim_error(got: &(u16, Value), status: u16, detail_starts: &str) {
     );
     assert_eq!(got.1["status"], json!(status.to_string()), "{got:?}");
     assert!(
-        got.1["detail"].as_str().unwrap_or_default().starts_with(detail_starts),
+        got.1["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(detail_starts),
         "{got:?}"
     );
 }
@@ -198,7 +206,10 @@ async fn scim_client_library_drives_provisioning(backend: Backend) {
     assert!(!members.contains(&bob.to_owned()));
     assert!(!members.contains(&carol.to_owned()));
     assert!(s.allowed(&org, alice, "projects.view").await);
-    assert!(!s.allowed(&org, alice, "members.manage").await, "left the group");
+    assert!(
+        !s.allowed(&org, alice, "members.manage").await,
+        "left the group"
+    );
     assert!(!s.allowed(&org, bob, "projects.view").await);
     assert!(!s.allowed(&org, carol, "projects.view").await);
     let removed: Vec<String> = audit(&s, &org, &owner, "member.removed")
@@ -216,7 +227,13 @@ async fn deprovisioning_denies_at_once_and_is_audited_and_in_the_feed(backend: B
     let (org, owner) = s.org("Acme", "business").await;
     let (token_id, secret) = token(&s, &org, &owner).await;
     let users = format!("{}/Users", base(&s));
-    let created = call("POST", &users, Some(&secret), Some(new_user("dora@example.com"))).await;
+    let created = call(
+        "POST",
+        &users,
+        Some(&secret),
+        Some(new_user("dora@example.com")),
+    )
+    .await;
     assert_eq!(created.0, 201, "{created:?}");
     let id = created.1["id"].as_str().unwrap().to_owned();
     // The decision is cached now; deprovisioning must drop it.
@@ -235,10 +252,19 @@ async fn deprovisioning_denies_at_once_and_is_audited_and_in_the_feed(backend: B
         .await
         .unwrap()
         .into_inner();
-    let patched = call("PATCH", &format!("{users}/{id}"), Some(&secret), Some(deactivate())).await;
+    let patched = call(
+        "PATCH",
+        &format!("{users}/{id}"),
+        Some(&secret),
+        Some(deactivate()),
+    )
+    .await;
     assert_eq!(patched.0, 200, "{patched:?}");
     assert_eq!(patched.1["active"], json!(false));
-    assert!(!s.allowed(&org, &id, "projects.view").await, "denied at once");
+    assert!(
+        !s.allowed(&org, &id, "projects.view").await,
+        "denied at once"
+    );
     let event = tokio::time::timeout(Duration::from_secs(10), feed.message())
         .await
         .expect("a change arrives")
@@ -296,18 +322,32 @@ async fn a_token_sees_and_touches_only_its_own_org(backend: Backend) {
     let (_, secret_a) = token(&s, &org_a, &owner_a).await;
     let users = format!("{}/Users", base(&s));
     let theirs = format!("{users}/{b_member}");
-    assert_scim_error(&call("GET", &theirs, Some(&secret_a), None).await, 404, "SCIM_USER_NOT_FOUND");
+    assert_scim_error(
+        &call("GET", &theirs, Some(&secret_a), None).await,
+        404,
+        "SCIM_USER_NOT_FOUND",
+    );
     assert_scim_error(
         &call("PATCH", &theirs, Some(&secret_a), Some(deactivate())).await,
         404,
         "SCIM_USER_NOT_FOUND",
     );
     assert_scim_error(
-        &call("PUT", &theirs, Some(&secret_a), Some(new_user("bea@globex.example"))).await,
+        &call(
+            "PUT",
+            &theirs,
+            Some(&secret_a),
+            Some(new_user("bea@globex.example")),
+        )
+        .await,
         404,
         "SCIM_USER_NOT_FOUND",
     );
-    assert_scim_error(&call("DELETE", &theirs, Some(&secret_a), None).await, 404, "SCIM_USER_NOT_FOUND");
+    assert_scim_error(
+        &call("DELETE", &theirs, Some(&secret_a), None).await,
+        404,
+        "SCIM_USER_NOT_FOUND",
+    );
     let (status, list) = call(
         "GET",
         &format!("{users}?filter=userName%20eq%20%22bea%40globex.example%22"),
@@ -325,9 +365,17 @@ async fn a_token_sees_and_touches_only_its_own_org(backend: Backend) {
         .collect();
     assert_eq!(ids, vec![owner_a.as_str()]);
     // Org B's groups are not A's either.
-    let group = map_group(&s, &org_b, &owner_b, "Staff", "member").await.unwrap();
+    let group = map_group(&s, &org_b, &owner_b, "Staff", "member")
+        .await
+        .unwrap();
     assert_scim_error(
-        &call("GET", &format!("{}/Groups/{}", base(&s), group.id), Some(&secret_a), None).await,
+        &call(
+            "GET",
+            &format!("{}/Groups/{}", base(&s), group.id),
+            Some(&secret_a),
+            None,
+        )
+        .await,
         404,
         "SCIM_GROUP_NOT_FOUND",
     );
@@ -342,7 +390,11 @@ async fn revoked_missing_and_unknown_tokens_get_401(backend: Backend) {
     let (token_id, secret) = token(&s, &org, &owner).await;
     let users = format!("{}/Users", base(&s));
     assert_eq!(call("GET", &users, Some(&secret), None).await.0, 200);
-    assert_scim_error(&call("GET", &users, None, None).await, 401, "SCIM_TOKEN_MISSING");
+    assert_scim_error(
+        &call("GET", &users, None, None).await,
+        401,
+        "SCIM_TOKEN_MISSING",
+    );
     assert_scim_error(
         &call("GET", &users, Some("tgscim_not-a-token"), None).await,
         401,
@@ -362,16 +414,31 @@ async fn revoked_missing_and_unknown_tokens_get_401(backend: Backend) {
         .unwrap()
         .into_inner();
     assert!(revoked.scim_token.unwrap().revoked_at.is_some());
-    assert_scim_error(&call("GET", &users, Some(&secret), None).await, 401, "SCIM_TOKEN_INVALID");
     assert_scim_error(
-        &call("POST", &users, Some(&secret), Some(new_user("late@example.com"))).await,
+        &call("GET", &users, Some(&secret), None).await,
+        401,
+        "SCIM_TOKEN_INVALID",
+    );
+    assert_scim_error(
+        &call(
+            "POST",
+            &users,
+            Some(&secret),
+            Some(new_user("late@example.com")),
+        )
+        .await,
         401,
         "SCIM_TOKEN_INVALID",
     );
     let listed = s
         .team
         .clone()
-        .list_scim_tokens(as_actor(&owner, pb::ListScimTokensRequest { org_id: org.clone() }))
+        .list_scim_tokens(as_actor(
+            &owner,
+            pb::ListScimTokensRequest {
+                org_id: org.clone(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -390,27 +457,54 @@ async fn the_directory_cannot_take_or_give_ownership(backend: Backend) {
     let (_, secret) = token(&s, &org, &owner).await;
     let base = base(&s);
     let me = format!("{base}/Users/{owner}");
-    assert_scim_error(&call("PATCH", &me, Some(&secret), Some(deactivate())).await, 409, "LAST_OWNER");
-    assert_scim_error(&call("DELETE", &me, Some(&secret), None).await, 409, "LAST_OWNER");
+    assert_scim_error(
+        &call("PATCH", &me, Some(&secret), Some(deactivate())).await,
+        409,
+        "LAST_OWNER",
+    );
+    assert_scim_error(
+        &call("DELETE", &me, Some(&secret), None).await,
+        409,
+        "LAST_OWNER",
+    );
     // With a second owner, the directory still cannot remove either: owners are the owners'.
     let second = s.member(&org, &owner, "owner").await;
     assert_scim_error(
-        &call("PATCH", &format!("{base}/Users/{second}"), Some(&secret), Some(deactivate())).await,
+        &call(
+            "PATCH",
+            &format!("{base}/Users/{second}"),
+            Some(&secret),
+            Some(deactivate()),
+        )
+        .await,
         403,
         "PRIVILEGE_ESCALATION",
     );
     // Nor put an owner in a group (a demotion).
-    let group = map_group(&s, &org, &owner, "Engineers", "manager").await.unwrap();
+    let group = map_group(&s, &org, &owner, "Engineers", "manager")
+        .await
+        .unwrap();
     let add_owner = json!({
         "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
         "Operations": [{"op": "add", "path": "members", "value": [{"value": second}]}],
     });
     assert_scim_error(
-        &call("PATCH", &format!("{base}/Groups/{}", group.id), Some(&secret), Some(add_owner)).await,
+        &call(
+            "PATCH",
+            &format!("{base}/Groups/{}", group.id),
+            Some(&secret),
+            Some(add_owner),
+        )
+        .await,
         403,
         "PRIVILEGE_ESCALATION",
     );
-    let roles: Vec<String> = s.members(&org, &owner).await.into_iter().map(|m| m.role).collect();
+    let roles: Vec<String> = s
+        .members(&org, &owner)
+        .await
+        .into_iter()
+        .map(|m| m.role)
+        .collect();
     assert_eq!(roles, vec!["owner", "owner"]);
     // The owner role cannot be mapped, so no group grants it.
     assert_error(
@@ -428,10 +522,22 @@ async fn seat_limits_apply_to_provisioning(backend: Backend) {
     let (_, secret) = token(&s, &org, &owner).await;
     let users = format!("{}/Users", base(&s));
     for i in 0..4 {
-        let r = call("POST", &users, Some(&secret), Some(new_user(&format!("u{i}@example.com")))).await;
+        let r = call(
+            "POST",
+            &users,
+            Some(&secret),
+            Some(new_user(&format!("u{i}@example.com"))),
+        )
+        .await;
         assert_eq!(r.0, 201, "{r:?}");
     }
-    let full = call("POST", &users, Some(&secret), Some(new_user("u5@example.com"))).await;
+    let full = call(
+        "POST",
+        &users,
+        Some(&secret),
+        Some(new_user("u5@example.com")),
+    )
+    .await;
     assert_scim_error(&full, 409, "PLAN_SEAT_LIMIT");
     // Nothing half-written: no account was created for the refused user.
     let (_, found) = call(
@@ -456,15 +562,24 @@ async fn all_rpcs(s: &TestServer, org: &str, actor: Option<&str>) -> Vec<Status>
     let mut t = s.team.clone();
     let o = org.to_owned();
     vec![
-        t.create_scim_token(req(actor, pb::CreateScimTokenRequest { org_id: o.clone(), name: "x".into() }))
-            .await
-            .map(|_| ()),
+        t.create_scim_token(req(
+            actor,
+            pb::CreateScimTokenRequest {
+                org_id: o.clone(),
+                name: "x".into(),
+            },
+        ))
+        .await
+        .map(|_| ()),
         t.list_scim_tokens(req(actor, pb::ListScimTokensRequest { org_id: o.clone() }))
             .await
             .map(|_| ()),
         t.revoke_scim_token(req(
             actor,
-            pb::RevokeScimTokenRequest { org_id: o.clone(), token_id: uuid::Uuid::now_v7().to_string() },
+            pb::RevokeScimTokenRequest {
+                org_id: o.clone(),
+                token_id: uuid::Uuid::now_v7().to_string(),
+            },
         ))
         .await
         .map(|_| ()),
@@ -478,12 +593,18 @@ async fn all_rpcs(s: &TestServer, org: &str, actor: Option<&str>) -> Vec<Status>
         ))
         .await
         .map(|_| ()),
-        t.list_scim_group_mappings(req(actor, pb::ListScimGroupMappingsRequest { org_id: o.clone() }))
-            .await
-            .map(|_| ()),
+        t.list_scim_group_mappings(req(
+            actor,
+            pb::ListScimGroupMappingsRequest { org_id: o.clone() },
+        ))
+        .await
+        .map(|_| ()),
         t.delete_scim_group_mapping(req(
             actor,
-            pb::DeleteScimGroupMappingRequest { org_id: o.clone(), group_display_name: "G".into() },
+            pb::DeleteScimGroupMappingRequest {
+                org_id: o.clone(),
+                group_display_name: "G".into(),
+            },
         ))
         .await
         .map(|_| ()),
@@ -510,9 +631,21 @@ async fn scim_rpcs_refuse_hostile_callers(backend: Backend) {
         .await
         .expect("the owner disables the second owner");
     for (who, code, reason) in [
-        (Some(other_owner.as_str()), Code::PermissionDenied, "NOT_A_MEMBER"),
-        (Some(admin.as_str()), Code::PermissionDenied, "MISSING_PERMISSION"),
-        (Some(disabled_owner.as_str()), Code::PermissionDenied, "USER_DISABLED"),
+        (
+            Some(other_owner.as_str()),
+            Code::PermissionDenied,
+            "NOT_A_MEMBER",
+        ),
+        (
+            Some(admin.as_str()),
+            Code::PermissionDenied,
+            "MISSING_PERMISSION",
+        ),
+        (
+            Some(disabled_owner.as_str()),
+            Code::PermissionDenied,
+            "USER_DISABLED",
+        ),
         (None, Code::Unauthenticated, "MISSING_ACTOR"),
     ] {
         for status in all_rpcs(&s, &org, who).await {
@@ -523,13 +656,22 @@ async fn scim_rpcs_refuse_hostile_callers(backend: Backend) {
     let tokens = s
         .team
         .clone()
-        .list_scim_tokens(as_actor(&owner, pb::ListScimTokensRequest { org_id: org.clone() }))
+        .list_scim_tokens(as_actor(
+            &owner,
+            pb::ListScimTokensRequest {
+                org_id: org.clone(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
         .scim_tokens;
     assert!(tokens.is_empty());
-    assert!(audit(&s, &org, &owner, "scim_token.created").await.is_empty());
+    assert!(
+        audit(&s, &org, &owner, "scim_token.created")
+            .await
+            .is_empty()
+    );
     s.stop().await;
 }
 
@@ -560,20 +702,34 @@ async fn group_mappings_are_checked_and_audited(backend: Backend) {
         Code::PermissionDenied,
         "PRIVILEGE_ESCALATION",
     );
-    let first = map_group(&s, &org, &owner, "Engineers", "member").await.unwrap();
-    let again = map_group(&s, &org, &owner, "Engineers", "manager").await.unwrap();
+    let first = map_group(&s, &org, &owner, "Engineers", "member")
+        .await
+        .unwrap();
+    let again = map_group(&s, &org, &owner, "Engineers", "manager")
+        .await
+        .unwrap();
     assert_eq!(first.id, again.id, "a group keeps its id when remapped");
     assert_eq!(again.role_key, "manager");
     let listed = s
         .team
         .clone()
-        .list_scim_group_mappings(as_actor(&owner, pb::ListScimGroupMappingsRequest { org_id: org.clone() }))
+        .list_scim_group_mappings(as_actor(
+            &owner,
+            pb::ListScimGroupMappingsRequest {
+                org_id: org.clone(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
         .mappings;
     assert_eq!(listed.len(), 1);
-    assert_eq!(audit(&s, &org, &owner, "scim_group_mapping.set").await.len(), 2);
+    assert_eq!(
+        audit(&s, &org, &owner, "scim_group_mapping.set")
+            .await
+            .len(),
+        2
+    );
     s.team
         .clone()
         .delete_scim_group_mapping(as_actor(
@@ -585,7 +741,12 @@ async fn group_mappings_are_checked_and_audited(backend: Backend) {
         ))
         .await
         .unwrap();
-    assert_eq!(audit(&s, &org, &owner, "scim_group_mapping.deleted").await.len(), 1);
+    assert_eq!(
+        audit(&s, &org, &owner, "scim_group_mapping.deleted")
+            .await
+            .len(),
+        1
+    );
     let (_, secret) = token(&s, &org, &owner).await;
     let (_, groups) = call("GET", &format!("{}/Groups", base(&s)), Some(&secret), None).await;
     assert_eq!(groups["totalResults"], json!(0));

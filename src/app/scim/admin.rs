@@ -92,8 +92,10 @@ impl App {
         };
         scim::insert_token(w.conn(), row.clone()).await?;
         let token = w
-            .commit([Event::new("scim_token.created", format!("scim_token:{}", row.id))
-                .after(json!({"token_id": row.id, "name": row.name}))])
+            .commit([
+                Event::new("scim_token.created", format!("scim_token:{}", row.id))
+                    .after(json!({"token_id": row.id, "name": row.name})),
+            ])
             .await?;
         Ok((row.into(), secret, token))
     }
@@ -249,7 +251,9 @@ impl App {
             .ok_or_else(|| {
                 DomainError::not_found(
                     "SCIM_GROUP_MAPPING_NOT_FOUND",
-                    format!("no mapping for the group `{group_display_name}` in organization {org}"),
+                    format!(
+                        "no mapping for the group `{group_display_name}` in organization {org}"
+                    ),
                 )
             })?;
         scim::delete_mapping(w.conn(), &m.id).await?;

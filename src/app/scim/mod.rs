@@ -66,7 +66,9 @@ pub struct DirectoryGroup {
 pub(crate) fn unknown_token() -> DomainError {
     DomainError::Unauthenticated {
         reason: "SCIM_TOKEN_INVALID",
-        message: "the bearer token is not a live SCIM token: an owner creates one with CreateScimToken".into(),
+        message:
+            "the bearer token is not a live SCIM token: an owner creates one with CreateScimToken"
+                .into(),
     }
 }
 
@@ -90,9 +92,10 @@ pub(crate) fn ensure_version(if_match: Option<&str>, version: &str) -> Result<()
     let Some(wanted) = if_match else {
         return Ok(());
     };
-    let matches = wanted.split(',').map(str::trim).any(|w| {
-        w == "*" || w.trim_start_matches("W/").trim_matches('"') == version
-    });
+    let matches = wanted
+        .split(',')
+        .map(str::trim)
+        .any(|w| w == "*" || w.trim_start_matches("W/").trim_matches('"') == version);
     if matches {
         Ok(())
     } else {
@@ -109,7 +112,10 @@ fn version_of(parts: &[&str]) -> String {
         h.update(p.as_bytes());
         h.update([0u8]);
     }
-    h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl DirectoryUser {
@@ -232,7 +238,8 @@ impl App {
     /// Every account the directory sees: the org's members, and the accounts it linked and
     /// deactivated. Ordered by user id.
     pub async fn directory_users(&self, dir: &Directory) -> AppResult<Vec<DirectoryUser>> {
-        self.directory_users_in(self.store.conn(), &dir.org_id).await
+        self.directory_users_in(self.store.conn(), &dir.org_id)
+            .await
     }
 
     pub(crate) async fn directory_users_in<C: crate::store::Connection>(
@@ -316,11 +323,12 @@ impl App {
         mapping: &scim::GroupMappingRow,
     ) -> AppResult<DirectoryGroup> {
         let limit = u64::try_from(i64::MAX).unwrap_or(u64::MAX);
-        let members = store::members::list(c, &mapping.org_id, Some(&mapping.role_key), None, limit)
-            .await?
-            .into_iter()
-            .map(|(m, u)| (m.user_id, u.email))
-            .collect();
+        let members =
+            store::members::list(c, &mapping.org_id, Some(&mapping.role_key), None, limit)
+                .await?
+                .into_iter()
+                .map(|(m, u)| (m.user_id, u.email))
+                .collect();
         Ok(DirectoryGroup::build(mapping, members))
     }
 }

@@ -51,9 +51,7 @@ impl App {
         let role = self
             .role_for_request(w.conn(), &w.org.id, self.policy.invite_role())
             .await?;
-        w.actor
-            .actor()
-            .may_grant(&role, self.policy.owner_role())?;
+        w.actor.actor().may_grant(&role, self.policy.owner_role())?;
         let m = MembershipRow {
             org_id: w.org.id.clone(),
             user_id: user.id.clone(),
@@ -84,11 +82,9 @@ impl App {
             w.actor.actor().may_manage(&current, owner_role)?;
         }
         members::delete(w.conn(), &w.org.id, &user.id).await?;
-        Ok(
-            Event::new("member.removed", format!("user:{}", user.id))
-                .before(json!({"user_id": user.id, "email": user.email, "role": membership.role}))
-                .after(json!({"removed_by": "scim"})),
-        )
+        Ok(Event::new("member.removed", format!("user:{}", user.id))
+            .before(json!({"user_id": user.id, "email": user.email, "role": membership.role}))
+            .after(json!({"removed_by": "scim"})))
     }
 
     /// POST /Users: creates the account, or links the existing one with that email, and makes
@@ -143,9 +139,8 @@ impl App {
         if new.active {
             let m = self.provision_membership(&w, &user).await?;
             events.push(
-                Event::new("member.provisioned", format!("user:{}", user.id)).after(
-                    provisioned_json(&user, &m.role, new.external_id.as_deref()),
-                ),
+                Event::new("member.provisioned", format!("user:{}", user.id))
+                    .after(provisioned_json(&user, &m.role, new.external_id.as_deref())),
             );
         } else {
             events.push(
@@ -229,8 +224,7 @@ impl App {
                 .into());
             }
         }
-        if owns && (email_changes.is_some() || first != user.first_name || last != user.last_name)
-        {
+        if owns && (email_changes.is_some() || first != user.first_name || last != user.last_name) {
             let email = email_changes.map_or(user.email.as_str(), |e| e.as_str());
             users::set_profile(w.conn(), &user.id, email, &first, &last, now).await?;
             events.push(

@@ -105,11 +105,7 @@ impl MigrationTrait for Migration {
                     .col(big_integer(ScimUsers::Version))
                     .col(timestamp_with_time_zone(ScimUsers::CreatedAt))
                     .col(timestamp_with_time_zone(ScimUsers::UpdatedAt))
-                    .primary_key(
-                        Index::create()
-                            .col(ScimUsers::OrgId)
-                            .col(ScimUsers::UserId),
-                    )
+                    .primary_key(Index::create().col(ScimUsers::OrgId).col(ScimUsers::UserId))
                     .to_owned(),
             )
             .await?;
