@@ -134,7 +134,6 @@ fn schema_docs(base: &str) -> Vec<Value> {
         "attributes": [
             user_name,
             complex("name", false, "readWrite", vec![
-                attr("formatted", "string", false, false, "readOnly"),
                 attr("familyName", "string", false, false, "readWrite"),
                 attr("givenName", "string", false, false, "readWrite"),
             ]),

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::listing::{self, ListQuery};
+use super::listing::{self, ListQuery, Projection};
 use super::patch::{self, Op};
 use super::{ScimError, State, directory, ensure_schema, if_match, json_body, resource, write_ctx};
 use crate::app::scim::DirectoryGroup;
@@ -17,7 +17,7 @@ use crate::domain::scim_filter::Attribute;
 
 pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 
-const FILTERABLE: &[&str] = &[
+pub(super) const FILTERABLE: &[&str] = &[
     "id",
     "displayname",
     "members",
@@ -52,7 +52,7 @@ pub fn render(base: &str, g: &DirectoryGroup) -> Value {
     })
 }
 
-fn lookup(g: &DirectoryGroup, path: &str) -> Option<Attribute> {
+pub(super) fn lookup(g: &DirectoryGroup, path: &str) -> Option<Attribute> {
     match path {
         "id" => listing::text(&g.id, true),
         "displayname" => listing::text(&g.display_name, false),
@@ -186,14 +186,24 @@ pub async fn list(
     Ok(q.respond(groups, lookup, |g| render(&state.base, g)))
 }
 
+/// `POST /Groups/.search`: a list with its parameters in the body.
+pub async fn search(state: State, headers: HeaderMap, body: Bytes) -> Result<Response, ScimError> {
+    let dir = directory(&state, &headers).await?;
+    let q = ListQuery::from_search(&json_body(&body)?, FILTERABLE, state.max_results)?;
+    let groups = state.app.directory_groups(&dir).await?;
+    Ok(q.respond(groups, lookup, |g| render(&state.base, g)))
+}
+
 pub async fn get(
     state: State,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ScimError> {
     let dir = directory(&state, &headers).await?;
     let g = state.app.directory_group(&dir, &id).await?;
-    Ok(resource(StatusCode::OK, &render(&state.base, &g)))
+    let shown = Projection::from_params(&params).apply(render(&state.base, &g));
+    Ok(resource(StatusCode::OK, &shown))
 }
 
 /// Groups come from the org's mappings: POST finds the mapped group of that name (a

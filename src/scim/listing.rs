@@ -8,10 +8,12 @@ use super::ScimError;
 use crate::domain::scim_filter::{self, Attribute, Filter};
 
 pub const LIST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
+pub const SEARCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:SearchRequest";
 
 #[derive(Debug)]
 pub struct ListQuery {
     pub filter: Option<Filter>,
+    pub projection: Projection,
     /// 1-based.
     pub start_index: usize,
     pub count: usize,
@@ -69,9 +71,45 @@ impl ListQuery {
             .min(max);
         Ok(ListQuery {
             filter,
+            projection: Projection::from_params(params),
             start_index,
             count,
         })
+    }
+
+    /// The same, from a `POST …/.search` body (RFC 7644 §3.4.3).
+    pub fn from_search(
+        body: &Value,
+        known: &[&str],
+        max_results: u32,
+    ) -> Result<ListQuery, ScimError> {
+        super::ensure_schema(body, SEARCH_SCHEMA)?;
+        let mut params = Vec::new();
+        for (key, param) in [
+            ("attributes", "attributes"),
+            ("excludedAttributes", "excludedAttributes"),
+        ] {
+            if let Some(list) = body[key].as_array() {
+                let names: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
+                params.push((param.to_owned(), names.join(",")));
+            }
+        }
+        if let Some(f) = body["filter"].as_str() {
+            params.push(("filter".to_owned(), f.to_owned()));
+        }
+        for key in ["startIndex", "count"] {
+            match &body[key] {
+                Value::Null => {}
+                Value::Number(n) => params.push((key.to_owned(), n.to_string())),
+                _ => {
+                    return Err(ScimError::bad(
+                        "invalidValue",
+                        format!("INVALID_ARGUMENT: {key} must be an integer"),
+                    ));
+                }
+            }
+        }
+        ListQuery::parse(&params, known, max_results)
     }
 
     /// Filters, pages and renders `items` (already in a stable order).
@@ -93,7 +131,7 @@ impl ListQuery {
             .iter()
             .skip(self.start_index - 1)
             .take(self.count)
-            .map(render)
+            .map(|item| self.projection.apply(render(item)))
             .collect();
         super::scim_json(
             StatusCode::OK,
@@ -125,4 +163,130 @@ pub fn boolean(value: bool) -> Option<Attribute> {
 pub fn texts(values: impl IntoIterator<Item = String>, case_exact: bool) -> Option<Attribute> {
     let values: Vec<_> = values.into_iter().map(scim_filter::Literal::Str).collect();
     (!values.is_empty()).then_some(Attribute { values, case_exact })
+}
+
+/// `attributes` / `excludedAttributes` (RFC 7644 §3.4.2.5): which attributes a response
+/// carries. `id` and `schemas` are always returned. Names are matched case-insensitively, with
+/// or without the schema URN, at the top level or one sub-attribute deep (`name.givenName`).
+#[derive(Debug, Clone, Default)]
+pub struct Projection {
+    only: Option<Vec<String>>,
+    excluded: Vec<String>,
+}
+
+fn names(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(|n| super::patch::strip_urn(n.trim()))
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+impl Projection {
+    pub fn new(attributes: Option<&str>, excluded: Option<&str>) -> Projection {
+        Projection {
+            only: attributes.map(names).filter(|n| !n.is_empty()),
+            excluded: excluded.map(names).unwrap_or_default(),
+        }
+    }
+
+    pub fn from_params(params: &[(String, String)]) -> Projection {
+        let get = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        Projection::new(get("attributes"), get("excludedAttributes"))
+    }
+
+    pub fn apply(&self, mut v: Value) -> Value {
+        let Some(obj) = v.as_object_mut() else {
+            return v;
+        };
+        let always = |k: &str| matches!(k, "id" | "schemas");
+        if let Some(only) = &self.only {
+            let keys: Vec<String> = obj.keys().cloned().collect();
+            for k in keys {
+                let lower = k.to_ascii_lowercase();
+                if always(&lower) {
+                    continue;
+                }
+                let whole = only.contains(&lower);
+                let subs: Vec<&str> = only
+                    .iter()
+                    .filter_map(|n| n.strip_prefix(&format!("{lower}.")))
+                    .collect();
+                if whole {
+                    continue;
+                }
+                match (
+                    subs.is_empty(),
+                    obj.get_mut(&k).and_then(Value::as_object_mut),
+                ) {
+                    (false, Some(inner)) => {
+                        inner.retain(|sk, _| subs.contains(&sk.to_ascii_lowercase().as_str()));
+                    }
+                    _ => {
+                        obj.remove(&k);
+                    }
+                }
+            }
+        }
+        for ex in &self.excluded {
+            if always(ex) {
+                continue;
+            }
+            let (head, sub) = match ex.split_once('.') {
+                Some((h, s)) => (h, Some(s)),
+                None => (ex.as_str(), None),
+            };
+            let key = obj.keys().find(|k| k.eq_ignore_ascii_case(head)).cloned();
+            if let Some(key) = key {
+                match sub {
+                    None => {
+                        obj.remove(&key);
+                    }
+                    Some(sub) => {
+                        if let Some(inner) = obj.get_mut(&key).and_then(Value::as_object_mut) {
+                            inner.retain(|sk, _| !sk.eq_ignore_ascii_case(sub));
+                        }
+                    }
+                }
+            }
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> Value {
+        json!({
+            "schemas": ["s"], "id": "1", "userName": "a@b.c",
+            "name": {"givenName": "A", "familyName": "B"}, "active": true,
+        })
+    }
+
+    #[test]
+    fn attributes_keep_only_those_named_and_id() {
+        let p = Projection::new(Some("userName,name.givenName"), None);
+        assert_eq!(
+            p.apply(user()),
+            json!({"schemas": ["s"], "id": "1", "userName": "a@b.c", "name": {"givenName": "A"}})
+        );
+    }
+
+    #[test]
+    fn excluded_attributes_drop_those_named_but_never_id() {
+        let p = Projection::new(
+            None,
+            Some("urn:ietf:params:scim:schemas:core:2.0:User:name,id,Active"),
+        );
+        assert_eq!(
+            p.apply(user()),
+            json!({"schemas": ["s"], "id": "1", "userName": "a@b.c"})
+        );
+    }
 }

@@ -8,6 +8,7 @@ mod error;
 mod groups;
 mod listing;
 mod patch;
+mod search;
 mod users;
 
 use std::net::SocketAddr;
@@ -111,6 +112,7 @@ fn routes() -> Router<Arc<ScimState>> {
         .route("/Schemas", get(discovery::schemas))
         .route("/Schemas/{id}", get(discovery::schema))
         .route("/Users", get(users::list).post(users::create))
+        .route("/Users/.search", axum::routing::post(users::search))
         .route(
             "/Users/{id}",
             get(users::get)
@@ -119,6 +121,7 @@ fn routes() -> Router<Arc<ScimState>> {
                 .delete(users::delete),
         )
         .route("/Groups", get(groups::list).post(groups::create))
+        .route("/Groups/.search", axum::routing::post(groups::search))
         .route(
             "/Groups/{id}",
             get(groups::get)
@@ -126,6 +129,7 @@ fn routes() -> Router<Arc<ScimState>> {
                 .patch(groups::patch)
                 .delete(groups::delete),
         )
+        .route("/.search", axum::routing::post(search::root))
         .fallback(not_found);
     Router::new().nest("/scim/v2", v2).fallback(not_found)
 }

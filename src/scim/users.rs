@@ -8,7 +8,7 @@ use axum::response::Response;
 use chrono::SecondsFormat;
 use serde_json::{Value, json};
 
-use super::listing::{self, ListQuery};
+use super::listing::{self, ListQuery, Projection};
 use super::patch::{self, Op};
 use super::{ScimError, State, directory, ensure_schema, if_match, json_body, resource, write_ctx};
 use crate::app::scim::DirectoryUser;
@@ -20,7 +20,7 @@ use crate::domain::scim_filter::Attribute;
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 
 /// What `/Users` filters may name.
-const FILTERABLE: &[&str] = &[
+pub(super) const FILTERABLE: &[&str] = &[
     "id",
     "username",
     "externalid",
@@ -28,7 +28,6 @@ const FILTERABLE: &[&str] = &[
     "displayname",
     "name.givenname",
     "name.familyname",
-    "name.formatted",
     "emails",
     "emails.value",
     "groups",
@@ -59,11 +58,6 @@ pub fn render(base: &str, u: &DirectoryUser) -> Value {
         "schemas": [USER_SCHEMA],
         "id": u.user_id,
         "userName": u.email,
-        "name": {
-            "givenName": u.first_name,
-            "familyName": u.last_name,
-            "formatted": formatted(u),
-        },
         "displayName": formatted(u),
         "emails": [{"value": u.email, "type": "work", "primary": true}],
         "active": u.active,
@@ -84,10 +78,21 @@ pub fn render(base: &str, u: &DirectoryUser) -> Value {
     if let Some(ext) = &u.external_id {
         v["externalId"] = json!(ext);
     }
+    // Unset names are left out rather than sent empty (RFC 7643 §2.5: unassigned).
+    let mut name = serde_json::Map::new();
+    if !u.first_name.is_empty() {
+        name.insert("givenName".into(), json!(u.first_name));
+    }
+    if !u.last_name.is_empty() {
+        name.insert("familyName".into(), json!(u.last_name));
+    }
+    if !name.is_empty() {
+        v["name"] = Value::Object(name);
+    }
     v
 }
 
-fn lookup(u: &DirectoryUser, path: &str) -> Option<Attribute> {
+pub(super) fn lookup(u: &DirectoryUser, path: &str) -> Option<Attribute> {
     match path {
         "id" => listing::text(&u.user_id, true),
         "username" | "emails" | "emails.value" => listing::text(&u.email, false),
@@ -96,7 +101,7 @@ fn lookup(u: &DirectoryUser, path: &str) -> Option<Attribute> {
             .as_deref()
             .and_then(|e| listing::text(e, true)),
         "active" => listing::boolean(u.active),
-        "displayname" | "name.formatted" => listing::text(&formatted(u), false),
+        "displayname" => listing::text(&formatted(u), false),
         "name.givenname" => listing::text(&u.first_name, false),
         "name.familyname" => listing::text(&u.last_name, false),
         "groups" | "groups.value" => listing::texts(u.groups.iter().map(|g| g.0.clone()), true),
@@ -208,6 +213,10 @@ fn patch_change(body: &Value) -> Result<DirectoryUserChange, ScimError> {
             (Op::Remove, Some(path @ ("name.givenname" | "name.familyname"))) => {
                 apply(&mut change, path, &Value::Null)?;
             }
+            (Op::Remove, Some("name")) => {
+                change.first_name = Some(String::new());
+                change.last_name = Some(String::new());
+            }
             (Op::Remove, Some(path)) => {
                 return Err(ScimError::bad(
                     "mutability",
@@ -238,14 +247,24 @@ pub async fn list(
     Ok(q.respond(users, lookup, |u| render(&state.base, u)))
 }
 
+/// `POST /Users/.search`: a list with its parameters in the body.
+pub async fn search(state: State, headers: HeaderMap, body: Bytes) -> Result<Response, ScimError> {
+    let dir = directory(&state, &headers).await?;
+    let q = ListQuery::from_search(&json_body(&body)?, FILTERABLE, state.max_results)?;
+    let users = state.app.directory_users(&dir).await?;
+    Ok(q.respond(users, lookup, |u| render(&state.base, u)))
+}
+
 pub async fn get(
     state: State,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ScimError> {
     let dir = directory(&state, &headers).await?;
     let u = state.app.directory_user(&dir, &id).await?;
-    Ok(resource(StatusCode::OK, &render(&state.base, &u)))
+    let shown = Projection::from_params(&params).apply(render(&state.base, &u));
+    Ok(resource(StatusCode::OK, &shown))
 }
 
 pub async fn create(state: State, headers: HeaderMap, body: Bytes) -> Result<Response, ScimError> {

@@ -163,17 +163,12 @@ on_both_backends!(
     seat_limits_apply_to_provisioning,
     scim_rpcs_refuse_hostile_callers,
     group_mappings_are_checked_and_audited,
+    rfc_compliance_checker_passes_for_users,
 );
 
-async fn scim_client_library_drives_provisioning(backend: Backend) {
-    let s = spawn(backend).await;
-    let (org, owner) = s.org("Acme", "business").await;
-    let (_, secret) = token(&s, &org, &owner).await;
-    map_group(&s, &org, &owner, "Engineers", "manager")
-        .await
-        .unwrap();
-    let script = repo_path("tests/fixtures/scim/client.py");
-    let args = [base(&s), secret, owner.clone(), "Engineers".to_owned()];
+/// Runs a fixture script with arguments; panics with its output unless it succeeds.
+async fn python(script: &str, args: Vec<String>) -> String {
+    let script = repo_path(script);
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("python3")
             .arg(script)
@@ -183,12 +178,33 @@ async fn scim_client_library_drives_provisioning(backend: Backend) {
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "the SCIM client script failed:\n{stdout}\n{}",
+        "the script failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+async fn rfc_compliance_checker_passes_for_users(backend: Backend) {
+    let s = spawn(backend).await;
+    let (org, owner) = s.org("Acme", "business").await;
+    let (_, secret) = token(&s, &org, &owner).await;
+    let out = python("tests/fixtures/scim/compliance.py", vec![base(&s), secret]).await;
+    assert!(out.contains("SUCCESS"), "{out}");
+    s.stop().await;
+}
+
+async fn scim_client_library_drives_provisioning(backend: Backend) {
+    let s = spawn(backend).await;
+    let (org, owner) = s.org("Acme", "business").await;
+    let (_, secret) = token(&s, &org, &owner).await;
+    map_group(&s, &org, &owner, "Engineers", "manager")
+        .await
+        .unwrap();
+    let args = vec![base(&s), secret, owner.clone(), "Engineers".to_owned()];
+    let stdout = python("tests/fixtures/scim/client.py", args).await;
     let ids: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let (alice, bob, carol) = (
         ids["alice"].as_str().unwrap(),
