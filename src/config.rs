@@ -1225,6 +1225,31 @@ mod tests {
     }
 
     #[test]
+    fn scim_settings() {
+        let d = Config::default();
+        assert!(d.scim.listen.is_none(), "SCIM is off by default");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let load = |body: &str| {
+            std::fs::write(&path, body).unwrap();
+            Config::load(Some(&path), &Overrides::default())
+        };
+        let c = load("[scim]\nlisten = \"127.0.0.1:8090\"\nbase_url = \"https://scim.example.com/scim/v2\"\n")
+            .unwrap();
+        assert_eq!(c.scim.listen.map(|a| a.port()), Some(8090));
+        assert_eq!(c.scim.base_url, "https://scim.example.com/scim/v2");
+        for (body, key) in [
+            ("[scim]\nlisten = \"127.0.0.1:50051\"\n", "scim.listen"),
+            ("[scim]\nbase_url = \"scim.example.com\"\n", "scim.base_url"),
+            ("[scim]\nmax_results = 0\n", "scim.max_results"),
+            ("[scim]\nlisen = \"127.0.0.1:1\"\n", "lisen"),
+        ] {
+            let err = load(body).unwrap_err();
+            assert!(err.to_string().contains(key), "{body}: {err}");
+        }
+    }
+
+    #[test]
     fn redacts_credentials() {
         assert_eq!(redact_url("postgres://u:p@h/db"), "postgres://***@h/db");
         assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");

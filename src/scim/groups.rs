@@ -10,7 +10,10 @@ use serde_json::{Value, json};
 
 use super::listing::{self, ListQuery, Projection};
 use super::patch::{self, Op};
-use super::{ScimError, State, directory, ensure_schema, if_match, json_body, resource, write_ctx};
+use super::{
+    ScimError, State, directory, ensure_schema, if_match, json_body, resource, with_consistency,
+    write_ctx,
+};
 use crate::app::scim::DirectoryGroup;
 use crate::app::scim::groups::GroupMembersChange;
 use crate::domain::scim_filter::Attribute;
@@ -247,11 +250,14 @@ pub async fn replace(
         display_name: Some(display_name(&body["displayName"])?),
         ..GroupMembersChange::default()
     };
-    let (g, _) = state
+    let (g, token) = state
         .app
         .directory_change_group(&ctx, &secret, &id, change, if_match(&headers).as_deref())
         .await?;
-    Ok(resource(StatusCode::OK, &render(&state.base, &g)))
+    Ok(with_consistency(
+        resource(StatusCode::OK, &render(&state.base, &g)),
+        &token,
+    ))
 }
 
 pub async fn patch(
@@ -262,11 +268,14 @@ pub async fn patch(
 ) -> Result<Response, ScimError> {
     let (ctx, secret) = write_ctx(&state, &headers).await?;
     let change = patch_change(&json_body(&body)?)?;
-    let (g, _) = state
+    let (g, token) = state
         .app
         .directory_change_group(&ctx, &secret, &id, change, if_match(&headers).as_deref())
         .await?;
-    Ok(resource(StatusCode::OK, &render(&state.base, &g)))
+    Ok(with_consistency(
+        resource(StatusCode::OK, &render(&state.base, &g)),
+        &token,
+    ))
 }
 
 pub async fn delete(

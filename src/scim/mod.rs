@@ -163,6 +163,17 @@ pub(crate) fn resource(status: StatusCode, body: &Value) -> Response {
     res
 }
 
+/// The header carrying a write's consistency token: pass it to Check (`consistency`) to read
+/// at least this write, as with the gRPC writes' `consistency_token`.
+pub const CONSISTENCY_HEADER: &str = "x-teamgate-consistency-token";
+
+pub(crate) fn with_consistency(mut res: Response, token: &str) -> Response {
+    if let Ok(h) = HeaderValue::from_str(token) {
+        res.headers_mut().insert(CONSISTENCY_HEADER, h);
+    }
+    res
+}
+
 /// The bearer secret of a request; `401` without one.
 fn bearer(headers: &HeaderMap) -> Result<String, ScimError> {
     let missing = || {

@@ -10,7 +10,10 @@ use serde_json::{Value, json};
 
 use super::listing::{self, ListQuery, Projection};
 use super::patch::{self, Op};
-use super::{ScimError, State, directory, ensure_schema, if_match, json_body, resource, write_ctx};
+use super::{
+    ScimError, State, directory, ensure_schema, if_match, json_body, resource, with_consistency,
+    write_ctx,
+};
 use crate::app::scim::DirectoryUser;
 use crate::app::scim::users::{DirectoryUserChange, NewDirectoryUser};
 use crate::domain::email::Email;
@@ -270,8 +273,11 @@ pub async fn get(
 pub async fn create(state: State, headers: HeaderMap, body: Bytes) -> Result<Response, ScimError> {
     let (ctx, secret) = write_ctx(&state, &headers).await?;
     let new = whole_user(&json_body(&body)?)?;
-    let (u, _) = state.app.directory_create_user(&ctx, &secret, new).await?;
-    Ok(resource(StatusCode::CREATED, &render(&state.base, &u)))
+    let (u, token) = state.app.directory_create_user(&ctx, &secret, new).await?;
+    Ok(with_consistency(
+        resource(StatusCode::CREATED, &render(&state.base, &u)),
+        &token,
+    ))
 }
 
 pub async fn replace(
@@ -298,11 +304,14 @@ pub async fn replace(
         external_id: Some(whole.external_id),
         active: Some(whole.active),
     };
-    let (u, _) = state
+    let (u, token) = state
         .app
         .directory_update_user(&ctx, &secret, &id, change, if_match(&headers).as_deref())
         .await?;
-    Ok(resource(StatusCode::OK, &render(&state.base, &u)))
+    Ok(with_consistency(
+        resource(StatusCode::OK, &render(&state.base, &u)),
+        &token,
+    ))
 }
 
 pub async fn patch(
@@ -313,11 +322,14 @@ pub async fn patch(
 ) -> Result<Response, ScimError> {
     let (ctx, secret) = write_ctx(&state, &headers).await?;
     let change = patch_change(&json_body(&body)?)?;
-    let (u, _) = state
+    let (u, token) = state
         .app
         .directory_update_user(&ctx, &secret, &id, change, if_match(&headers).as_deref())
         .await?;
-    Ok(resource(StatusCode::OK, &render(&state.base, &u)))
+    Ok(with_consistency(
+        resource(StatusCode::OK, &render(&state.base, &u)),
+        &token,
+    ))
 }
 
 pub async fn delete(
@@ -326,11 +338,12 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, ScimError> {
     let (ctx, secret) = write_ctx(&state, &headers).await?;
-    state
+    let token = state
         .app
         .directory_delete_user(&ctx, &secret, &id, if_match(&headers).as_deref())
         .await?;
-    Ok(axum::response::IntoResponse::into_response(
-        StatusCode::NO_CONTENT,
+    Ok(with_consistency(
+        axum::response::IntoResponse::into_response(StatusCode::NO_CONTENT),
+        &token,
     ))
 }
