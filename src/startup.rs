@@ -375,7 +375,15 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
         );
     }
     // Bound before the gRPC server starts, so a port in use fails start-up with nothing running.
-    let scim = crate::scim::start(app.clone(), &config.scim).await?;
+    let scim = crate::scim::start(
+        app.clone(),
+        &config.scim,
+        crate::scim::Limits {
+            request_timeout: Duration::from_millis(config.server.request_timeout_ms),
+            max_concurrent_requests: config.server.max_concurrent_requests,
+        },
+    )
+    .await?;
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(tls_config(tls)?)?;

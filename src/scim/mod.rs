@@ -13,6 +13,7 @@ mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -21,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::Value;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::app::scim::Directory;
@@ -61,8 +62,49 @@ impl ScimServer {
     }
 }
 
+/// The gRPC server's limits, applied to SCIM requests too.
+pub struct Limits {
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
+}
+
+struct Guard {
+    slots: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+/// Refuses a request past the concurrency limit at once, and ends one that runs past the
+/// timeout (its transaction, if any, rolls back as the use case is dropped).
+async fn guard(
+    axum::extract::State(g): axum::extract::State<Arc<Guard>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(_slot) = g.slots.clone().try_acquire_owned() else {
+        return ScimError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            "OVERLOADED: too many requests in flight: retry shortly",
+        )
+        .into_response();
+    };
+    match tokio::time::timeout(g.timeout, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => ScimError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            "TIMEOUT: the request took too long and was abandoned: retry",
+        )
+        .into_response(),
+    }
+}
+
 /// Binds `scim.listen` and serves until [`ScimServer::shutdown`]; `None` when SCIM is off.
-pub async fn start(app: Arc<App>, config: &ScimConfig) -> anyhow::Result<Option<ScimServer>> {
+pub async fn start(
+    app: Arc<App>,
+    config: &ScimConfig,
+    limits: Limits,
+) -> anyhow::Result<Option<ScimServer>> {
     let Some(listen) = config.listen else {
         return Ok(None);
     };
@@ -80,7 +122,13 @@ pub async fn start(app: Arc<App>, config: &ScimConfig) -> anyhow::Result<Option<
         base: base.clone(),
         max_results: config.max_results,
     });
-    let router = routes().with_state(state);
+    let guard_state = Arc::new(Guard {
+        slots: Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1))),
+        timeout: limits.request_timeout,
+    });
+    let router = routes()
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(guard_state, guard));
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, router)
