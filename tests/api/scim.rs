@@ -164,6 +164,7 @@ on_both_backends!(
     scim_rpcs_refuse_hostile_callers,
     group_mappings_are_checked_and_audited,
     rfc_compliance_checker_passes_for_users,
+    directory_dialects_and_scim_error_types,
 );
 
 /// Runs a fixture script with arguments; panics with its output unless it succeeds.
@@ -766,5 +767,233 @@ async fn group_mappings_are_checked_and_audited(backend: Backend) {
     let (_, secret) = token(&s, &org, &owner).await;
     let (_, groups) = call("GET", &format!("{}/Groups", base(&s)), Some(&secret), None).await;
     assert_eq!(groups["totalResults"], json!(0));
+    s.stop().await;
+}
+
+fn patch_op(ops: Value) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops})
+}
+
+#[track_caller]
+fn assert_scim_type(got: &(u16, Value), status: u16, scim_type: &str) {
+    assert_eq!(got.0, status, "{got:?}");
+    assert_eq!(got.1["scimType"], json!(scim_type), "{got:?}");
+}
+
+/// The request shapes directories really send (Entra ID's capitalised ops and string booleans,
+/// Okta's PUT with `active: false`, group replace and value-path removal), and each SCIM error
+/// type the server uses.
+async fn directory_dialects_and_scim_error_types(backend: Backend) {
+    let s = spawn(backend).await;
+    let (org, owner) = s.org("Acme", "business").await;
+    let (_, secret) = token(&s, &org, &owner).await;
+    let group = map_group(&s, &org, &owner, "Engineers", "manager")
+        .await
+        .unwrap();
+    let base = base(&s);
+    let users = format!("{base}/Users");
+    let mut ids = Vec::new();
+    for email in ["eve@example.com", "finn@example.com"] {
+        let r = call("POST", &users, Some(&secret), Some(new_user(email))).await;
+        assert_eq!(r.0, 201, "{r:?}");
+        ids.push(r.1["id"].as_str().unwrap().to_owned());
+    }
+    let (eve, finn) = (&ids[0], &ids[1]);
+    // Entra ID: {"op": "Replace", "path": "active", "value": "False"}.
+    let r = call(
+        "PATCH",
+        &format!("{users}/{eve}"),
+        Some(&secret),
+        Some(patch_op(
+            json!([{"op": "Replace", "path": "active", "value": "False"}]),
+        )),
+    )
+    .await;
+    assert_eq!((r.0, r.1["active"].clone()), (200, json!(false)), "{r:?}");
+    assert!(!s.allowed(&org, eve, "projects.view").await);
+    // Okta: PUT the whole user with active false.
+    let mut whole = new_user("finn@example.com");
+    whole["active"] = json!(false);
+    let r = call(
+        "PUT",
+        &format!("{users}/{finn}"),
+        Some(&secret),
+        Some(whole),
+    )
+    .await;
+    assert_eq!((r.0, r.1["active"].clone()), (200, json!(false)), "{r:?}");
+    let mut whole = new_user("finn@example.com");
+    whole["active"] = json!(true);
+    assert_eq!(
+        call(
+            "PUT",
+            &format!("{users}/{finn}"),
+            Some(&secret),
+            Some(whole)
+        )
+        .await
+        .0,
+        200
+    );
+    // Groups: replace the member list, then remove by value path.
+    let g = format!("{base}/Groups/{}", group.id);
+    let r = call(
+        "PATCH",
+        &g,
+        Some(&secret),
+        Some(patch_op(
+            json!([{"op": "replace", "path": "members", "value": [{"value": finn}]}]),
+        )),
+    )
+    .await;
+    assert_eq!(r.1["members"][0]["value"], json!(finn), "{r:?}");
+    assert!(
+        s.allowed(&org, finn, "members.manage").await,
+        "the group's role"
+    );
+    let r = call(
+        "PATCH",
+        &g,
+        Some(&secret),
+        Some(patch_op(
+            json!([{"op": "remove", "path": format!("members[value eq \"{finn}\"]")}]),
+        )),
+    )
+    .await;
+    assert_eq!(r.1["members"], json!([]), "{r:?}");
+    assert!(!s.allowed(&org, finn, "members.manage").await);
+    assert!(
+        s.allowed(&org, finn, "projects.view").await,
+        "back to the invite role"
+    );
+    // Root search finds users and groups alike.
+    let r = call(
+        "POST",
+        &format!("{base}/.search"),
+        Some(&secret),
+        Some(json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+            "filter": "displayName eq \"Engineers\" or userName eq \"finn@example.com\"",
+            "attributes": ["displayName", "userName"],
+        })),
+    )
+    .await;
+    assert_eq!(r.1["totalResults"], json!(2), "{r:?}");
+    assert!(
+        r.1["Resources"][0].get("meta").is_none(),
+        "attributes honoured: {r:?}"
+    );
+
+    // Error types.
+    let raw = reqwest::Client::new()
+        .post(&users)
+        .header("Authorization", format!("Bearer {secret}"))
+        .header("Content-Type", SCIM_TYPE)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status().as_u16(), 400);
+    let body: Value = serde_json::from_str(&raw.text().await.unwrap()).unwrap();
+    assert_eq!(body["scimType"], json!("invalidSyntax"));
+    let mut no_schema = new_user("gus@example.com");
+    no_schema["schemas"] = json!([]);
+    assert_scim_type(
+        &call("POST", &users, Some(&secret), Some(no_schema)).await,
+        400,
+        "invalidSyntax",
+    );
+    assert_scim_type(
+        &call(
+            "POST",
+            &users,
+            Some(&secret),
+            Some(new_user("not-an-email")),
+        )
+        .await,
+        400,
+        "invalidValue",
+    );
+    assert_scim_type(
+        &call(
+            "PATCH",
+            &g,
+            Some(&secret),
+            Some(patch_op(
+                json!([{"op": "add", "path": "owner", "value": "x"}]),
+            )),
+        )
+        .await,
+        400,
+        "invalidPath",
+    );
+    assert_scim_type(
+        &call(
+            "PATCH",
+            &g,
+            Some(&secret),
+            Some(patch_op(json!([{"op": "remove"}]))),
+        )
+        .await,
+        400,
+        "noTarget",
+    );
+    assert_scim_type(
+        &call(
+            "PATCH",
+            &g,
+            Some(&secret),
+            Some(patch_op(
+                json!([{"op": "replace", "path": "displayName", "value": "Renamed"}]),
+            )),
+        )
+        .await,
+        400,
+        "mutability",
+    );
+    assert_scim_type(
+        &call(
+            "GET",
+            &format!("{users}?filter=emails%5Btype%20eq%20%22work%22%5D"),
+            Some(&secret),
+            None,
+        )
+        .await,
+        400,
+        "invalidFilter",
+    );
+    let new_group = |name: &str| json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": name});
+    assert_scim_type(
+        &call(
+            "POST",
+            &format!("{base}/Groups"),
+            Some(&secret),
+            Some(new_group("Engineers")),
+        )
+        .await,
+        409,
+        "uniqueness",
+    );
+    assert_scim_error(
+        &call(
+            "POST",
+            &format!("{base}/Groups"),
+            Some(&secret),
+            Some(new_group("Sales")),
+        )
+        .await,
+        403,
+        "SCIM_GROUP_NOT_MAPPED",
+    );
+    assert_scim_error(
+        &call("DELETE", &g, Some(&secret), None).await,
+        403,
+        "SCIM_GROUP_MANAGED",
+    );
+    assert_scim_error(
+        &call("GET", &format!("{base}/Nope"), Some(&secret), None).await,
+        404,
+        "NOT_FOUND",
+    );
     s.stop().await;
 }
