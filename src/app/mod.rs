@@ -9,6 +9,7 @@ pub mod members;
 pub mod orgs;
 pub mod roles;
 pub mod sso;
+pub mod scim;
 mod write;
 
 use std::sync::Arc;

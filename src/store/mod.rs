@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod reachability;
 pub mod roles;
 pub mod sso;
+pub mod scim;
 pub mod users;
 
 use std::sync::Arc;

@@ -21,6 +21,7 @@ mod orgs;
 mod policies;
 mod races;
 mod roles;
+mod scim;
 mod security;
 mod server;
 mod sso;
