@@ -640,7 +640,7 @@ impl TeamService for TeamApi {
         Ok(Response::new(pb::CreateScimTokenResponse {
             scim_token: Some(convert::scim_token(&req.org_id, &view)),
             token: secret,
-            consistency_token: token,
+            consistency_token: token.encode(),
         }))
     }
 
@@ -680,7 +680,7 @@ impl TeamService for TeamApi {
             .await?;
         Ok(Response::new(pb::RevokeScimTokenResponse {
             scim_token: Some(convert::scim_token(&req.org_id, &view)),
-            consistency_token: token,
+            consistency_token: token.encode(),
         }))
     }
 
@@ -699,7 +699,7 @@ impl TeamService for TeamApi {
             .await?;
         Ok(Response::new(pb::SetScimGroupMappingResponse {
             mapping: Some(convert::scim_group_mapping(&req.org_id, &view)),
-            consistency_token: token,
+            consistency_token: token.encode(),
         }))
     }
 
@@ -732,7 +732,7 @@ impl TeamService for TeamApi {
             .delete_scim_group_mapping(&ctx, &id, &group)
             .await?;
         Ok(Response::new(pb::DeleteScimGroupMappingResponse {
-            consistency_token: token,
+            consistency_token: token.encode(),
         }))
     }
 }

@@ -8,8 +8,8 @@ pub mod invitations;
 pub mod members;
 pub mod orgs;
 pub mod roles;
-pub mod sso;
 pub mod scim;
+pub mod sso;
 mod write;
 
 use std::sync::Arc;

@@ -153,6 +153,7 @@ impl App {
             app: self,
             ctx,
             tx,
+            id: first.org_id,
             org,
             actor,
             effect: Effect::Decisions,

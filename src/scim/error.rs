@@ -58,6 +58,8 @@ impl From<DomainError> for ScimError {
             }
             DomainError::Precondition { .. } => (StatusCode::CONFLICT, None),
             DomainError::Exhausted { .. } => (StatusCode::TOO_MANY_REQUESTS, Some("tooMany")),
+            DomainError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, None),
+            DomainError::OutOfRange { .. } => (StatusCode::BAD_REQUEST, Some("invalidValue")),
         };
         ScimError::new(status, scim_type, detail)
     }

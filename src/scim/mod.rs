@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use crate::app::scim::Directory;
 use crate::app::{App, RequestCtx};
 use crate::config::ScimConfig;
+use crate::domain::consistency::ConsistencyToken;
 
 pub use error::ScimError;
 
@@ -215,8 +216,8 @@ pub(crate) fn resource(status: StatusCode, body: &Value) -> Response {
 /// at least this write, as with the gRPC writes' `consistency_token`.
 pub const CONSISTENCY_HEADER: &str = "x-teamgate-consistency-token";
 
-pub(crate) fn with_consistency(mut res: Response, token: &str) -> Response {
-    if let Ok(h) = HeaderValue::from_str(token) {
+pub(crate) fn with_consistency(mut res: Response, token: &ConsistencyToken) -> Response {
+    if let Ok(h) = HeaderValue::from_str(&token.encode()) {
         res.headers_mut().insert(CONSISTENCY_HEADER, h);
     }
     res

@@ -16,8 +16,8 @@ pub mod orgs;
 pub mod outbox;
 pub mod reachability;
 pub mod roles;
-pub mod sso;
 pub mod scim;
+pub mod sso;
 pub mod users;
 
 use std::sync::Arc;

@@ -7,6 +7,7 @@ use serde_json::json;
 use super::super::write::{Authority, Effect, Event};
 use super::super::{App, AppResult, RequestCtx};
 use crate::domain::DomainError;
+use crate::domain::consistency::ConsistencyToken;
 use crate::domain::ids::{OrgId, UserId};
 use crate::domain::token::{hash_secret, new_secret};
 use crate::store::scim::{self, GroupMappingRow, ScimTokenRow};
@@ -68,12 +69,12 @@ impl App {
         ctx: &RequestCtx,
         org_id: &OrgId,
         name: &str,
-    ) -> AppResult<(ScimTokenView, String, String)> {
+    ) -> AppResult<(ScimTokenView, String, ConsistencyToken)> {
         let org = org_id.to_string();
         let w = self
             .org_write(
                 ctx,
-                &org,
+                org_id,
                 Authority::Permission(PERMISSION),
                 Effect::Records,
             )
@@ -106,7 +107,7 @@ impl App {
         org_id: &OrgId,
     ) -> AppResult<Vec<ScimTokenView>> {
         let org = org_id.to_string();
-        self.readable_org(ctx, &org, PERMISSION).await?;
+        self.readable_org(ctx, org_id, PERMISSION).await?;
         let rows = scim::list_tokens(self.store.conn(), &org).await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
@@ -118,12 +119,12 @@ impl App {
         ctx: &RequestCtx,
         org_id: &OrgId,
         token_id: &str,
-    ) -> AppResult<(ScimTokenView, String)> {
+    ) -> AppResult<(ScimTokenView, ConsistencyToken)> {
         let org = org_id.to_string();
         let w = self
             .org_write(
                 ctx,
-                &org,
+                org_id,
                 Authority::Permission(PERMISSION),
                 Effect::Records,
             )
@@ -161,12 +162,12 @@ impl App {
         org_id: &OrgId,
         group_display_name: &str,
         role_key: &str,
-    ) -> AppResult<(GroupMappingView, String)> {
+    ) -> AppResult<(GroupMappingView, ConsistencyToken)> {
         let org = org_id.to_string();
         let w = self
             .org_write(
                 ctx,
-                &org,
+                org_id,
                 Authority::Permission(PERMISSION),
                 Effect::Records,
             )
@@ -224,7 +225,7 @@ impl App {
         org_id: &OrgId,
     ) -> AppResult<Vec<GroupMappingView>> {
         let org = org_id.to_string();
-        self.readable_org(ctx, &org, PERMISSION).await?;
+        self.readable_org(ctx, org_id, PERMISSION).await?;
         let rows = scim::list_mappings(self.store.conn(), &org).await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
@@ -236,12 +237,12 @@ impl App {
         ctx: &RequestCtx,
         org_id: &OrgId,
         group_display_name: &str,
-    ) -> AppResult<String> {
+    ) -> AppResult<ConsistencyToken> {
         let org = org_id.to_string();
         let w = self
             .org_write(
                 ctx,
-                &org,
+                org_id,
                 Authority::Permission(PERMISSION),
                 Effect::Records,
             )

@@ -10,6 +10,8 @@ use super::super::write::{Event, OrgWrite};
 use super::super::{App, AppResult, RequestCtx};
 use super::{DirectoryGroup, ensure_version, group_not_found};
 use crate::domain::DomainError;
+use crate::domain::consistency::ConsistencyToken;
+use crate::domain::ids::UserId;
 use crate::domain::roles::{ResolvedRole, ensure_owner_remains};
 use crate::store::{members, scim};
 
@@ -34,7 +36,13 @@ impl App {
         to: &ResolvedRole,
     ) -> AppResult<Option<Event>> {
         let org = w.org.id.clone();
-        let Some((m, u)) = members::find_with_user(w.conn(), &org, user_id).await? else {
+        let found = match UserId::from_stored(user_id) {
+            Some(uid) => members::find_with_user(w.conn(), &w.id, &uid)
+                .await?
+                .map(|found| (uid, found)),
+            None => None,
+        };
+        let Some((uid, (m, u))) = found else {
             return Err(DomainError::invalid_because(
                 "members",
                 "SCIM_NOT_A_MEMBER",
@@ -47,13 +55,14 @@ impl App {
         }
         let owner_role = self.policy.owner_role();
         if m.role == owner_role {
-            let owners = members::count_with_role(w.conn(), &org, owner_role).await?;
+            let owners = members::count_with_role(w.conn(), &w.id, owner_role).await?;
             ensure_owner_remains(owners.saturating_sub(1), owner_role)?;
         }
         let current = self.role_for_request(w.conn(), &org, &m.role).await?;
         w.actor.actor().may_manage(&current, owner_role)?;
         w.actor.actor().may_grant(to, owner_role)?;
-        members::set_role(w.conn(), &org, user_id, &to.key).await?;
+        members::set_role(w.conn(), &w.id, &uid, &to.key).await?;
+        let user_id = uid.to_string();
         Ok(Some(
             Event::new("member.role_changed", format!("user:{user_id}"))
                 .before(json!({"user_id": user_id, "email": u.email, "role": m.role}))
@@ -69,7 +78,7 @@ impl App {
         group_id: &str,
         change: GroupMembersChange,
         if_match: Option<&str>,
-    ) -> AppResult<(DirectoryGroup, String)> {
+    ) -> AppResult<(DirectoryGroup, ConsistencyToken)> {
         let w = self.directory_write(ctx, secret).await?;
         let org = w.org.id.clone();
         let mapping = scim::find_mapping(w.conn(), &org, group_id)
@@ -121,9 +130,12 @@ impl App {
         let mut events = Vec::new();
         for id in &remove {
             // Only a holder of this group's role leaves it; anyone else was not in it.
-            let holds = members::find(w.conn(), &org, id)
-                .await?
-                .is_some_and(|m| m.role == role.key);
+            let holds = match UserId::from_stored(id) {
+                Some(uid) => members::find(w.conn(), &w.id, &uid)
+                    .await?
+                    .is_some_and(|m| m.role == role.key),
+                None => false,
+            };
             if holds && let Some(e) = self.directory_set_role(&w, id, &fallback).await? {
                 events.push(e);
             }

@@ -17,14 +17,14 @@ use sha2::{Digest, Sha256};
 
 use super::{ActingMember, App, AppResult};
 use crate::domain::DomainError;
-use crate::domain::ids::UserId;
+use crate::domain::ids::{OrgId, UserId};
 use crate::domain::token::hash_secret;
 use crate::store::{self, orgs, scim};
 
 /// A directory as its bearer token names it.
 #[derive(Debug, Clone)]
 pub struct Directory {
-    pub org_id: String,
+    pub org_id: OrgId,
     pub token_id: String,
     pub token_name: String,
     pub(crate) token_hash: String,
@@ -77,6 +77,11 @@ pub(crate) fn user_not_found(user_id: &str) -> DomainError {
         "SCIM_USER_NOT_FOUND",
         format!("no user {user_id} in this directory"),
     )
+}
+
+/// A caller-supplied SCIM user `{id}`: one that is not a user id names no user here.
+pub(crate) fn directory_user_id(raw: &str) -> Result<UserId, DomainError> {
+    UserId::from_stored(raw).ok_or_else(|| user_not_found(raw))
 }
 
 pub(crate) fn group_not_found(id: &str) -> DomainError {
@@ -202,11 +207,12 @@ impl App {
         let token = scim::live_token_by_hash(c, &hash)
             .await?
             .ok_or_else(unknown_token)?;
-        orgs::find_live(c, &token.org_id)
+        let org_id = OrgId::from_stored(&token.org_id).ok_or_else(unknown_token)?;
+        orgs::find_live(c, &org_id)
             .await?
             .ok_or_else(unknown_token)?;
         Ok(Directory {
-            org_id: token.org_id,
+            org_id,
             token_id: token.id,
             token_name: token.name,
             token_hash: hash,
@@ -245,12 +251,13 @@ impl App {
     pub(crate) async fn directory_users_in<C: crate::store::Connection>(
         &self,
         c: &C,
-        org_id: &str,
+        org_id: &OrgId,
     ) -> AppResult<Vec<DirectoryUser>> {
         let limit = u64::try_from(i64::MAX).unwrap_or(u64::MAX);
+        let org = org_id.to_string();
         let members = store::members::list(c, org_id, None, None, limit).await?;
-        let links = scim::list_users(c, org_id).await?;
-        let mappings = scim::list_mappings(c, org_id).await?;
+        let links = scim::list_users(c, &org).await?;
+        let mappings = scim::list_mappings(c, &org).await?;
         let link_of = |id: &str| links.iter().find(|l| l.user_id == id);
         let mut out: Vec<DirectoryUser> = members
             .iter()
@@ -271,28 +278,31 @@ impl App {
         Ok(out)
     }
 
+    /// One account of the directory; `SCIM_USER_NOT_FOUND` for a `user_id` that is not one.
     pub async fn directory_user(&self, dir: &Directory, user_id: &str) -> AppResult<DirectoryUser> {
-        self.directory_user_in(self.store.conn(), &dir.org_id, user_id)
+        let user_id = directory_user_id(user_id)?;
+        self.directory_user_in(self.store.conn(), &dir.org_id, &user_id)
             .await
     }
 
     pub(crate) async fn directory_user_in<C: crate::store::Connection>(
         &self,
         c: &C,
-        org_id: &str,
-        user_id: &str,
+        org_id: &OrgId,
+        user_id: &UserId,
     ) -> AppResult<DirectoryUser> {
+        let (org, user) = (org_id.to_string(), user_id.to_string());
         let membership = store::members::find(c, org_id, user_id).await?;
-        let link = scim::find_user(c, org_id, user_id).await?;
+        let link = scim::find_user(c, &org, &user).await?;
         if membership.is_none() && link.is_none() {
-            return Err(user_not_found(user_id).into());
+            return Err(user_not_found(&user).into());
         }
-        let user = store::users::find(c, user_id)
+        let user_row = store::users::find(c, &user)
             .await?
-            .ok_or_else(|| user_not_found(user_id))?;
-        let mappings = scim::list_mappings(c, org_id).await?;
+            .ok_or_else(|| user_not_found(&user))?;
+        let mappings = scim::list_mappings(c, &org).await?;
         Ok(DirectoryUser::build(
-            &user,
+            &user_row,
             membership.as_ref(),
             link.as_ref(),
             &mappings,
@@ -301,7 +311,7 @@ impl App {
 
     pub async fn directory_groups(&self, dir: &Directory) -> AppResult<Vec<DirectoryGroup>> {
         let c = self.store.conn();
-        let mappings = scim::list_mappings(c, &dir.org_id).await?;
+        let mappings = scim::list_mappings(c, &dir.org_id.to_string()).await?;
         let mut out = Vec::with_capacity(mappings.len());
         for m in &mappings {
             out.push(self.group_view(c, m).await?);
@@ -311,7 +321,7 @@ impl App {
 
     pub async fn directory_group(&self, dir: &Directory, id: &str) -> AppResult<DirectoryGroup> {
         let c = self.store.conn();
-        let m = scim::find_mapping(c, &dir.org_id, id)
+        let m = scim::find_mapping(c, &dir.org_id.to_string(), id)
             .await?
             .ok_or_else(|| group_not_found(id))?;
         self.group_view(c, &m).await
@@ -323,12 +333,12 @@ impl App {
         mapping: &scim::GroupMappingRow,
     ) -> AppResult<DirectoryGroup> {
         let limit = u64::try_from(i64::MAX).unwrap_or(u64::MAX);
-        let members =
-            store::members::list(c, &mapping.org_id, Some(&mapping.role_key), None, limit)
-                .await?
-                .into_iter()
-                .map(|(m, u)| (m.user_id, u.email))
-                .collect();
+        let org_id = OrgId::from_row(&mapping.org_id);
+        let members = store::members::list(c, &org_id, Some(&mapping.role_key), None, limit)
+            .await?
+            .into_iter()
+            .map(|(m, u)| (m.user_id, u.email))
+            .collect();
         Ok(DirectoryGroup::build(mapping, members))
     }
 }

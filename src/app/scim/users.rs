@@ -7,8 +7,9 @@ use serde_json::json;
 
 use super::super::write::{Event, OrgWrite};
 use super::super::{App, AppResult, RequestCtx};
-use super::{DirectoryUser, ensure_version, user_not_found};
+use super::{DirectoryUser, directory_user_id, ensure_version, user_not_found};
 use crate::domain::DomainError;
+use crate::domain::consistency::ConsistencyToken;
 use crate::domain::email::Email;
 use crate::domain::ids::UserId;
 use crate::domain::roles::ensure_owner_remains;
@@ -72,7 +73,7 @@ impl App {
     ) -> AppResult<Event> {
         let owner_role = self.policy.owner_role();
         if membership.role == owner_role {
-            let owners = members::count_with_role(w.conn(), &w.org.id, owner_role).await?;
+            let owners = members::count_with_role(w.conn(), &w.id, owner_role).await?;
             ensure_owner_remains(owners.saturating_sub(1), owner_role)?;
         }
         if let Some(current) = self
@@ -81,7 +82,7 @@ impl App {
         {
             w.actor.actor().may_manage(&current, owner_role)?;
         }
-        members::delete(w.conn(), &w.org.id, &user.id).await?;
+        members::delete(w.conn(), &w.id, &UserId::from_row(&user.id)).await?;
         Ok(Event::new("member.removed", format!("user:{}", user.id))
             .before(json!({"user_id": user.id, "email": user.email, "role": membership.role}))
             .after(json!({"removed_by": "scim"})))
@@ -96,14 +97,16 @@ impl App {
         ctx: &RequestCtx,
         secret: &str,
         new: NewDirectoryUser,
-    ) -> AppResult<(DirectoryUser, String)> {
+    ) -> AppResult<(DirectoryUser, ConsistencyToken)> {
         let w = self.directory_write(ctx, secret).await?;
         let org = w.org.id.clone();
         let existing = users::find_by_email(w.conn(), new.email.as_str()).await?;
         let now = self.now();
         let (user, created) = match existing {
             Some(u) => {
-                let member = members::find(w.conn(), &org, &u.id).await?.is_some();
+                let member = members::find(w.conn(), &w.id, &UserId::from_row(&u.id))
+                    .await?
+                    .is_some();
                 let linked = scim::find_user(w.conn(), &org, &u.id).await?.is_some();
                 if member || linked {
                     return Err(DomainError::exists(
@@ -169,7 +172,9 @@ impl App {
             },
         )
         .await?;
-        let view = self.directory_user_in(w.conn(), &org, &user.id).await?;
+        let view = self
+            .directory_user_in(w.conn(), &w.id, &UserId::from_row(&user.id))
+            .await?;
         let token = w.commit(events).await?;
         Ok((view, token))
     }
@@ -185,10 +190,13 @@ impl App {
         user_id: &str,
         change: DirectoryUserChange,
         if_match: Option<&str>,
-    ) -> AppResult<(DirectoryUser, String)> {
+    ) -> AppResult<(DirectoryUser, ConsistencyToken)> {
         let w = self.directory_write(ctx, secret).await?;
         let org = w.org.id.clone();
-        let before = self.directory_user_in(w.conn(), &org, user_id).await?;
+        let uid = directory_user_id(user_id)?;
+        let user_id = uid.to_string();
+        let user_id = user_id.as_str();
+        let before = self.directory_user_in(w.conn(), &w.id, &uid).await?;
         ensure_version(if_match, &before.version)?;
         let user = users::lock(w.conn(), user_id)
             .await?
@@ -234,7 +242,7 @@ impl App {
             );
         }
 
-        let membership = members::find(w.conn(), &org, user_id).await?;
+        let membership = members::find(w.conn(), &w.id, &uid).await?;
         match (change.active, membership) {
             (Some(false), Some(m)) => {
                 events.push(self.deprovision_membership(&w, &m, &user).await?);
@@ -257,7 +265,7 @@ impl App {
             .external_id
             .clone()
             .unwrap_or_else(|| link.as_ref().and_then(|l| l.external_id.clone()));
-        let active = members::find(w.conn(), &org, user_id).await?.is_some();
+        let active = members::find(w.conn(), &w.id, &uid).await?.is_some();
         let link_changed = link
             .as_ref()
             .is_none_or(|l| l.external_id != external_id || l.active != active);
@@ -285,7 +293,7 @@ impl App {
                     .after(json!({"external_id": external_id})),
             );
         }
-        let view = self.directory_user_in(w.conn(), &org, user_id).await?;
+        let view = self.directory_user_in(w.conn(), &w.id, &uid).await?;
         let token = w.commit(events).await?;
         Ok((view, token))
     }
@@ -299,16 +307,19 @@ impl App {
         secret: &str,
         user_id: &str,
         if_match: Option<&str>,
-    ) -> AppResult<String> {
+    ) -> AppResult<ConsistencyToken> {
         let w = self.directory_write(ctx, secret).await?;
         let org = w.org.id.clone();
-        let before = self.directory_user_in(w.conn(), &org, user_id).await?;
+        let uid = directory_user_id(user_id)?;
+        let user_id = uid.to_string();
+        let user_id = user_id.as_str();
+        let before = self.directory_user_in(w.conn(), &w.id, &uid).await?;
         ensure_version(if_match, &before.version)?;
         let user = users::lock(w.conn(), user_id)
             .await?
             .ok_or_else(|| user_not_found(user_id))?;
         let mut events = Vec::new();
-        if let Some(m) = members::find(w.conn(), &org, user_id).await? {
+        if let Some(m) = members::find(w.conn(), &w.id, &uid).await? {
             events.push(self.deprovision_membership(&w, &m, &user).await?);
         }
         scim::delete_user(w.conn(), &org, user_id).await?;
