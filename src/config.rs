@@ -100,6 +100,8 @@ pub struct Config {
     pub feed: FeedConfig,
     /// Single sign-on through organizations' OpenID Connect providers.
     pub sso: SsoConfig,
+    /// The SCIM 2.0 server for directory provisioning; off unless `scim.listen` is set.
+    pub scim: ScimConfig,
 }
 
 /// Single sign-on (`[sso]`).
@@ -132,6 +134,31 @@ impl Default for SsoConfig {
     }
 }
 
+/// SCIM 2.0 (RFC 7643/7644) on its own HTTP port, base path `/scim/v2`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScimConfig {
+    /// Serve SCIM on `http://ADDR/scim/v2`; off when unset.
+    pub listen: Option<SocketAddr>,
+    /// The base URL directories reach the server at (behind a TLS proxy, say
+    /// `https://scim.example.com/scim/v2`), used in `meta.location`; `http://<listen>/scim/v2`
+    /// when empty.
+    #[serde(deserialize_with = "text")]
+    pub base_url: String,
+    /// The most resources one list response returns (a larger `count` is lowered to it).
+    pub max_results: u32,
+}
+
+impl Default for ScimConfig {
+    fn default() -> Self {
+        ScimConfig {
+            listen: None,
+            base_url: String::new(),
+            max_results: 200,
+        }
+    }
+}
+
 impl SsoConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let range = |key: &'static str, message: &str| {
@@ -151,6 +178,31 @@ impl SsoConfig {
         }
         if self.max_starts_per_caller == 0 {
             return range("sso.max_starts_per_caller", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl ScimConfig {
+    fn validate(&self, grpc: SocketAddr) -> Result<(), ConfigError> {
+        let range = |key: &'static str, message: &str| {
+            Err(ConfigError::Range {
+                key,
+                message: message.into(),
+            })
+        };
+        if self
+            .listen
+            .is_some_and(|a| a.port() != 0 && a.port() == grpc.port())
+        {
+            return range("scim.listen", "must not use the gRPC port");
+        }
+        let url = &self.base_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return range("scim.base_url", "must start with http:// or https://");
+        }
+        if !(1..=1000).contains(&self.max_results) {
+            return range("scim.max_results", "must be between 1 and 1000");
         }
         Ok(())
     }
@@ -681,6 +733,7 @@ impl Default for Config {
             tls: None,
             feed: FeedConfig::default(),
             sso: SsoConfig::default(),
+            scim: ScimConfig::default(),
         }
     }
 }
@@ -928,6 +981,7 @@ impl Config {
         self.ext_authz.validate()?;
         self.feed.validate()?;
         self.sso.validate()?;
+        self.scim.validate(self.listen)?;
         if self.server.max_message_bytes < 1024 {
             return range("server.max_message_bytes", "must be at least 1024");
         }
@@ -1226,6 +1280,31 @@ mod tests {
         std::fs::write(&path, "[roles]\nmax_per_org = 10001\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("roles.max_per_org"), "{err}");
+    }
+
+    #[test]
+    fn scim_settings() {
+        let d = Config::default();
+        assert!(d.scim.listen.is_none(), "SCIM is off by default");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let load = |body: &str| {
+            std::fs::write(&path, body).unwrap();
+            Config::load(Some(&path), &Overrides::default())
+        };
+        let c = load("[scim]\nlisten = \"127.0.0.1:8090\"\nbase_url = \"https://scim.example.com/scim/v2\"\n")
+            .unwrap();
+        assert_eq!(c.scim.listen.map(|a| a.port()), Some(8090));
+        assert_eq!(c.scim.base_url, "https://scim.example.com/scim/v2");
+        for (body, key) in [
+            ("[scim]\nlisten = \"127.0.0.1:50051\"\n", "scim.listen"),
+            ("[scim]\nbase_url = \"scim.example.com\"\n", "scim.base_url"),
+            ("[scim]\nmax_results = 0\n", "scim.max_results"),
+            ("[scim]\nlisen = \"127.0.0.1:1\"\n", "lisen"),
+        ] {
+            let err = load(body).unwrap_err();
+            assert!(err.to_string().contains(key), "{body}: {err}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod domain;
 pub mod feed;
 pub mod proto;
+pub mod scim;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

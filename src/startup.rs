@@ -177,9 +177,16 @@ pub struct Running {
     /// Where Prometheus metrics are served (`telemetry.metrics_listen`), once bound.
     pub metrics_addr: Option<SocketAddr>,
     metrics: ServerMetrics,
+    /// The SCIM server (`scim.listen`), when on.
+    scim: Option<crate::scim::ScimServer>,
 }
 
 impl Running {
+    /// Where the SCIM server listens and the base URL directories are given, when it is on.
+    pub fn scim(&self) -> Option<(SocketAddr, &str)> {
+        self.scim.as_ref().map(|s| (s.addr, s.base_url.as_str()))
+    }
+
     /// Stops accepting calls, lets in-flight ones finish (up to the drain timeout), stops
     /// background work.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
@@ -199,6 +206,9 @@ impl Running {
                 tracing::warn!("drain timeout reached; exiting with calls in flight");
                 self.server.abort();
             }
+        }
+        if let Some(scim) = self.scim.take() {
+            scim.shutdown().await;
         }
         self.metrics.shutdown().await;
         self.app.store.clone().close().await;
@@ -369,6 +379,16 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
             "no service keys configured: every caller that can reach this port may call every RPC"
         );
     }
+    // Bound before the gRPC server starts, so a port in use fails start-up with nothing running.
+    let scim = crate::scim::start(
+        app.clone(),
+        &config.scim,
+        crate::scim::Limits {
+            request_timeout: Duration::from_millis(config.server.request_timeout_ms),
+            max_concurrent_requests: config.server.max_concurrent_requests,
+        },
+    )
+    .await?;
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(tls_config(tls)?)?;
@@ -409,5 +429,6 @@ pub async fn start(config: &Config, deps: Dependencies) -> anyhow::Result<Runnin
         drain_timeout: Duration::from_millis(config.server.drain_timeout_ms),
         metrics_addr,
         metrics: server_metrics,
+        scim,
     })
 }

@@ -104,3 +104,28 @@ pub fn audit_event(r: &AuditEvent) -> pb::AuditEvent {
         request_id: r.request_id.clone(),
     }
 }
+
+pub fn scim_token(org_id: &str, v: &crate::app::scim::admin::ScimTokenView) -> pb::ScimToken {
+    pb::ScimToken {
+        id: v.id.clone(),
+        org_id: org_id.to_owned(),
+        name: v.name.clone(),
+        created_by_user_id: v.created_by.clone(),
+        created_at: Some(timestamp(v.created_at)),
+        revoked_at: v.revoked_at.map(timestamp),
+    }
+}
+
+pub fn scim_group_mapping(
+    org_id: &str,
+    v: &crate::app::scim::admin::GroupMappingView,
+) -> pb::ScimGroupMapping {
+    pb::ScimGroupMapping {
+        id: v.id.clone(),
+        org_id: org_id.to_owned(),
+        group_display_name: v.group_display_name.clone(),
+        role_key: v.role_key.clone(),
+        created_at: Some(timestamp(v.created_at)),
+        updated_at: Some(timestamp(v.updated_at)),
+    }
+}

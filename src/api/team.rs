@@ -627,4 +627,112 @@ impl TeamService for TeamApi {
     ) -> Result<Response<pb::VerifySsoDomainResponse>, Status> {
         super::sso::verify_domain(&self.app, request).await
     }
+
+    async fn create_scim_token(
+        &self,
+        request: Request<pb::CreateScimTokenRequest>,
+    ) -> Result<Response<pb::CreateScimTokenResponse>, Status> {
+        let ctx = ctx(&request)?;
+        let req = request.into_inner();
+        let id = org_id(&req.org_id)?;
+        let name = parse_name("name", &req.name)?;
+        let (view, secret, token) = self.app.create_scim_token(&ctx, &id, &name).await?;
+        Ok(Response::new(pb::CreateScimTokenResponse {
+            scim_token: Some(convert::scim_token(&req.org_id, &view)),
+            token: secret,
+            consistency_token: token.encode(),
+        }))
+    }
+
+    async fn list_scim_tokens(
+        &self,
+        request: Request<pb::ListScimTokensRequest>,
+    ) -> Result<Response<pb::ListScimTokensResponse>, Status> {
+        let ctx = ctx(&request)?;
+        let req = request.into_inner();
+        let id = org_id(&req.org_id)?;
+        let views = self.app.list_scim_tokens(&ctx, &id).await?;
+        Ok(Response::new(pb::ListScimTokensResponse {
+            scim_tokens: views
+                .iter()
+                .map(|v| convert::scim_token(&req.org_id, v))
+                .collect(),
+        }))
+    }
+
+    async fn revoke_scim_token(
+        &self,
+        request: Request<pb::RevokeScimTokenRequest>,
+    ) -> Result<Response<pb::RevokeScimTokenResponse>, Status> {
+        let ctx = ctx(&request)?;
+        let req = request.into_inner();
+        let id = org_id(&req.org_id)?;
+        let token_id = uuid::Uuid::parse_str(req.token_id.trim()).map_err(|_| {
+            DomainError::invalid_because(
+                "token_id",
+                "INVALID_ID",
+                "token_id is not a SCIM token id: ListScimTokens shows them",
+            )
+        })?;
+        let (view, token) = self
+            .app
+            .revoke_scim_token(&ctx, &id, &token_id.to_string())
+            .await?;
+        Ok(Response::new(pb::RevokeScimTokenResponse {
+            scim_token: Some(convert::scim_token(&req.org_id, &view)),
+            consistency_token: token.encode(),
+        }))
+    }
+
+    async fn set_scim_group_mapping(
+        &self,
+        request: Request<pb::SetScimGroupMappingRequest>,
+    ) -> Result<Response<pb::SetScimGroupMappingResponse>, Status> {
+        let ctx = ctx(&request)?;
+        let req = request.into_inner();
+        let id = org_id(&req.org_id)?;
+        let group = parse_name("group_display_name", &req.group_display_name)?;
+        let role = role_key("role_key", &req.role_key)?;
+        let (view, token) = self
+            .app
+            .set_scim_group_mapping(&ctx, &id, &group, role.as_str())
+            .await?;
+        Ok(Response::new(pb::SetScimGroupMappingResponse {
+            mapping: Some(convert::scim_group_mapping(&req.org_id, &view)),
+            consistency_token: token.encode(),
+        }))
+    }
+
+    async fn list_scim_group_mappings(
+        &self,
+        request: Request<pb::ListScimGroupMappingsRequest>,
+    ) -> Result<Response<pb::ListScimGroupMappingsResponse>, Status> {
+        let ctx = ctx(&request)?;
+        let req = request.into_inner();
+        let id = org_id(&req.org_id)?;
+        let views = self.app.list_scim_group_mappings(&ctx, &id).await?;
+        Ok(Response::new(pb::ListScimGroupMappingsResponse {
+            mappings: views
+                .iter()
+                .map(|v| convert::scim_group_mapping(&req.org_id, v))
+                .collect(),
+        }))
+    }
+
+    async fn delete_scim_group_mapping(
+        &self,
+        request: Request<pb::DeleteScimGroupMappingRequest>,
+    ) -> Result<Response<pb::DeleteScimGroupMappingResponse>, Status> {
+        let ctx = ctx(&request)?;
+        let req = request.into_inner();
+        let id = org_id(&req.org_id)?;
+        let group = parse_name("group_display_name", &req.group_display_name)?;
+        let token = self
+            .app
+            .delete_scim_group_mapping(&ctx, &id, &group)
+            .await?;
+        Ok(Response::new(pb::DeleteScimGroupMappingResponse {
+            consistency_token: token.encode(),
+        }))
+    }
 }

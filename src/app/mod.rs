@@ -8,6 +8,7 @@ pub mod invitations;
 pub mod members;
 pub mod orgs;
 pub mod roles;
+pub mod scim;
 pub mod sso;
 mod write;
 

@@ -113,6 +113,8 @@ pub(crate) struct OrgWrite<'a> {
     pub org: OrgRow,
     pub actor: ActingMember,
     effect: Effect,
+    /// Who the audit rows name: the acting user's id, or `scim:<token id>` for a directory.
+    audit_actor: String,
 }
 
 impl App {
@@ -150,6 +152,7 @@ impl App {
                 org: org.id.clone(),
             },
         };
+        let audit_actor = actor.user_id.to_string();
         Ok(OrgWrite {
             app: self,
             ctx,
@@ -158,6 +161,38 @@ impl App {
             org,
             actor,
             effect,
+            audit_actor,
+        })
+    }
+
+    /// Opens a write for a SCIM directory (see `app::scim`): the org is the one the token
+    /// belongs to, and the token is checked again under the org's lock, so a write racing a
+    /// RevokeScimToken either commits before the revocation or is refused. The directory acts
+    /// with the authority of the policy's role below owner (see [`App::directory_actor`]).
+    pub(crate) async fn directory_write<'a>(
+        &'a self,
+        ctx: &'a RequestCtx,
+        secret: &str,
+    ) -> AppResult<OrgWrite<'a>> {
+        let first = self.directory(secret).await?;
+        let tx = self.store.write().await?;
+        let org = orgs::lock(&*tx, &first.org_id)
+            .await?
+            .ok_or_else(super::scim::unknown_token)?;
+        let token = crate::store::scim::live_token_by_hash(&*tx, &first.token_hash)
+            .await?
+            .filter(|t| t.org_id == org.id)
+            .ok_or_else(super::scim::unknown_token)?;
+        let actor = self.directory_actor(&org.id, &token.id)?;
+        Ok(OrgWrite {
+            app: self,
+            ctx,
+            tx,
+            id: first.org_id,
+            org,
+            actor,
+            effect: Effect::Decisions,
+            audit_actor: format!("scim:{}", token.id),
         })
     }
 
@@ -184,9 +219,9 @@ impl OrgWrite<'_> {
         &self.tx
     }
 
-    /// The actor's user id, as audit rows record it.
+    /// The actor's user id, as audit rows record it (`scim:<token id>` for a directory).
     pub fn actor_id(&self) -> String {
-        self.actor.user_id.to_string()
+        self.audit_actor.clone()
     }
 
     /// Ends the write without a change: nothing is recorded, the version bump is undone, so

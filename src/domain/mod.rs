@@ -14,6 +14,7 @@ pub mod permission;
 pub mod policy;
 pub mod roles;
 pub mod routes;
+pub mod scim_filter;
 pub mod sealed;
 pub mod session;
 pub mod sso;

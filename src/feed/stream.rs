@@ -317,7 +317,7 @@ impl Producer {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) => Err(Stop::End(Some(e.into()))),
+            Err(e) => Err(Stop::End(Some(e))),
         }
     }
 
@@ -326,7 +326,7 @@ impl Producer {
     fn org_deleted(&self, rows: &[&ChangeRow]) -> Result<(), Stop> {
         match &self.org {
             Some(org) if rows.iter().any(|r| access::deletes_org(r)) => Err(Stop::End(Some(
-                crate::app::AppError::from(crate::app::org_not_found(org)).into(),
+                crate::app::AppError::from(crate::app::org_not_found(org)),
             ))),
             _ => Ok(()),
         }

@@ -16,6 +16,7 @@ pub mod orgs;
 pub mod outbox;
 pub mod reachability;
 pub mod roles;
+pub mod scim;
 pub mod sso;
 pub mod users;
 

@@ -93,3 +93,23 @@ pub async fn claim_totp_step<C: ConnectionTrait>(
         .await?;
     Ok(res.rows_affected == 1)
 }
+
+/// Sets an account's email and names (a directory renaming an account it created).
+pub async fn set_profile<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+    email: &str,
+    first_name: &str,
+    last_name: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), StoreError> {
+    users::Entity::update_many()
+        .col_expr(users::Column::Email, Expr::value(email))
+        .col_expr(users::Column::FirstName, Expr::value(first_name))
+        .col_expr(users::Column::LastName, Expr::value(last_name))
+        .col_expr(users::Column::UpdatedAt, Expr::value(Some(at)))
+        .filter(users::Column::Id.eq(id))
+        .exec(c)
+        .await?;
+    Ok(())
+}

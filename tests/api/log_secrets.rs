@@ -160,6 +160,9 @@ poll_interval_ms = 50
 url = "http://{mail_addr}/mail"
 secret = "{WEBHOOK_SECRET}"
 
+[scim]
+listen = "127.0.0.1:0"
+
 [[auth.keys]]
 name = "log-test"
 hash = "{key_hash}"
@@ -238,6 +241,40 @@ scopes = ["admin"]
         .into_inner();
     let org = created.organization.unwrap().id;
     let owner = created.owner.unwrap().user_id;
+
+    // A SCIM directory token, used once right and once wrong.
+    let scim_token = team
+        .create_scim_token(call(
+            key,
+            Some(&owner),
+            pb::CreateScimTokenRequest {
+                org_id: org.clone(),
+                name: "Log directory".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let scim_base = output
+        .text()
+        .lines()
+        .find_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            (v["fields"]["message"] == "serving SCIM 2.0")
+                .then(|| v["fields"]["base_url"].as_str().map(str::to_owned))?
+        })
+        .expect("the SCIM server logged its base URL");
+    let http = reqwest::Client::new();
+    for (bearer, status) in [(scim_token.clone(), 200), (format!("{scim_token}x"), 401)] {
+        let res = http
+            .get(format!("{scim_base}/Users"))
+            .header("Authorization", format!("Bearer {bearer}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), status);
+    }
     let invited = team
         .invite_member(call(
             key,
@@ -389,6 +426,7 @@ scopes = ["admin"]
         "sign-in failed",
         "email delivered",
         "\"level\":\"TRACE\"",
+        "serving SCIM 2.0",
     ] {
         assert!(logs.contains(expected), "`{expected}` not logged");
     }
@@ -403,6 +441,7 @@ scopes = ["admin"]
         ("the service key", service_key.clone()),
         ("identity.secret_key", secret_key),
         ("mail.webhook.secret", WEBHOOK_SECRET.into()),
+        ("the SCIM token", scim_token),
     ];
     for token in &session_tokens {
         secrets.push(("a session token", token.clone()));

@@ -22,6 +22,7 @@ mod orgs;
 mod policies;
 mod races;
 mod roles;
+mod scim;
 mod security;
 mod server;
 mod sso;

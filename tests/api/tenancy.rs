@@ -477,6 +477,58 @@ async fn team_attempts(s: &TestServer, v: &Victim, actor: &str) -> Vec<Outcome> 
             .await;
         push(what, ok(r), NotMember("members.view"));
     }
+    let r = t
+        .create_scim_token(as_actor(
+            actor,
+            pb::CreateScimTokenRequest {
+                org_id: o(),
+                name: "Intruder's directory".into(),
+            },
+        ))
+        .await;
+    push("CreateScimToken", ok(r), NotMember("sso.manage"));
+    let r = t
+        .list_scim_tokens(as_actor(actor, pb::ListScimTokensRequest { org_id: o() }))
+        .await;
+    push("ListScimTokens", ok(r), NotMember("sso.manage"));
+    let r = t
+        .revoke_scim_token(as_actor(
+            actor,
+            pb::RevokeScimTokenRequest {
+                org_id: o(),
+                token_id: uuid::Uuid::now_v7().to_string(),
+            },
+        ))
+        .await;
+    push("RevokeScimToken", ok(r), NotMember("sso.manage"));
+    let r = t
+        .set_scim_group_mapping(as_actor(
+            actor,
+            pb::SetScimGroupMappingRequest {
+                org_id: o(),
+                group_display_name: "Intruders".into(),
+                role_key: "admin".into(),
+            },
+        ))
+        .await;
+    push("SetScimGroupMapping", ok(r), NotMember("sso.manage"));
+    let r = t
+        .list_scim_group_mappings(as_actor(
+            actor,
+            pb::ListScimGroupMappingsRequest { org_id: o() },
+        ))
+        .await;
+    push("ListScimGroupMappings", ok(r), NotMember("sso.manage"));
+    let r = t
+        .delete_scim_group_mapping(as_actor(
+            actor,
+            pb::DeleteScimGroupMappingRequest {
+                org_id: o(),
+                group_display_name: "Engineers".into(),
+            },
+        ))
+        .await;
+    push("DeleteScimGroupMapping", ok(r), NotMember("sso.manage"));
     out
 }
 

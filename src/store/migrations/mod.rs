@@ -7,6 +7,7 @@ mod m20261126_000002_changes;
 mod m20261126_000003_identity;
 mod m20261201_000004_feed_commit_order;
 mod m20261202_000005_sso;
+mod m20261202_000006_scim;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000003_identity::Migration),
             Box::new(m20261201_000004_feed_commit_order::Migration),
             Box::new(m20261202_000005_sso::Migration),
+            Box::new(m20261202_000006_scim::Migration),
         ]
     }
 }
