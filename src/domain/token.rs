@@ -18,7 +18,8 @@ pub fn hash_secret(secret: &str) -> String {
     hex_encode(&Sha256::digest(secret.as_bytes()))
 }
 
-fn hex_encode(bytes: &[u8]) -> String {
+/// Lower-case hex, as every digest teamgate stores or shows is written.
+pub fn hex_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

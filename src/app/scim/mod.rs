@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use super::{ActingMember, App, AppResult};
 use crate::domain::DomainError;
 use crate::domain::ids::{OrgId, UserId};
-use crate::domain::token::hash_secret;
+use crate::domain::token::{hash_secret, hex_encode};
 use crate::store::{self, orgs, scim};
 
 /// A directory as its bearer token names it.
@@ -117,10 +117,7 @@ fn version_of(parts: &[&str]) -> String {
         h.update(p.as_bytes());
         h.update([0u8]);
     }
-    h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex_encode(&h.finalize()[..8])
 }
 
 impl DirectoryUser {
