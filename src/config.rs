@@ -643,6 +643,9 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     /// How long SIGTERM waits for in-flight RPCs before exiting anyway.
     pub drain_timeout_ms: u64,
+    /// Threads serving requests; 0 means one per CPU. Fewer than the CPUs leaves room for
+    /// a database or a load generator sharing the machine.
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -812,6 +815,7 @@ impl Default for ServerConfig {
             request_timeout_ms: 10_000,
             max_concurrent_requests: 1024,
             drain_timeout_ms: 20_000,
+            worker_threads: 0,
         }
     }
 }
@@ -985,6 +989,9 @@ impl Config {
         if self.server.max_message_bytes < 1024 {
             return range("server.max_message_bytes", "must be at least 1024");
         }
+        if self.server.worker_threads > 1024 {
+            return range("server.worker_threads", "must be 0 (one per CPU) to 1024");
+        }
         if self.server.max_concurrent_requests == 0 {
             return range("server.max_concurrent_requests", "must be at least 1");
         }
@@ -1136,6 +1143,17 @@ mod tests {
         };
         let err = Config::load(None, &o).unwrap_err();
         assert!(err.to_string().contains("database.url"));
+    }
+
+    #[test]
+    fn worker_threads_are_bounded() {
+        let mut c = Config::default();
+        assert_eq!(c.server.worker_threads, 0, "one per CPU by default");
+        c.server.worker_threads = 1;
+        assert!(c.validate().is_ok());
+        c.server.worker_threads = 5000;
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("server.worker_threads"), "{err}");
     }
 
     #[test]

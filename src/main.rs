@@ -10,16 +10,36 @@ use teamgate::domain::policy::Policy;
 use teamgate::startup::{self, Dependencies};
 use teamgate::telemetry;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    let runtime = match runtime_for(&cli) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("teamgate: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("teamgate: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The runtime: for `serve`, with `server.worker_threads` (so the configuration is read
+/// once before it and again, with the same result, inside it).
+fn runtime_for(cli: &Cli) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Command::Serve(args) = &cli.command {
+        let config = Config::load(args.common.config.as_deref(), &args.overrides())?;
+        if config.server.worker_threads > 0 {
+            builder.worker_threads(config.server.worker_threads);
+        }
+    }
+    Ok(builder.build()?)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

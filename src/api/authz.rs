@@ -12,6 +12,7 @@ use crate::domain::consistency::{ConsistencyToken, decode_all};
 use crate::domain::ids::{OrgId, UserId};
 use crate::proto::teamgate::v1 as pb;
 use crate::proto::teamgate::v1::authz_service_server::AuthzService;
+use crate::telemetry::metrics::DecisionTally;
 
 pub const MAX_BATCH: usize = 1000;
 
@@ -109,6 +110,7 @@ impl AuthzService for AuthzApi {
             );
         }
         let (unique, subjects) = decisions.subjects(&pairs, &fresh).await?;
+        let mut tally = DecisionTally::default();
         let results = pairs
             .iter()
             .zip(permissions)
@@ -116,13 +118,14 @@ impl AuthzService for AuthzApi {
                 let r = unique
                     .binary_search(pair)
                     .map_or(Reason::OrgNotFound, |i| subjects[i].decide(permission));
-                decisions.metrics().decision(r);
+                tally.add(r);
                 pb::CheckResult {
                     allowed: r == Reason::Allowed,
                     reason: pb::Reason::from(r).into(),
                 }
             })
             .collect();
+        decisions.metrics().decisions(&tally);
         Ok(Response::new(pb::BatchCheckResponse { results }))
     }
 

@@ -123,11 +123,9 @@ impl Decisions {
         {
             return Ok(s);
         }
-        let mut loaded = self.load(&[pair]).await?;
-        self.cache.put_many(&loaded).await;
-        Ok(loaded
-            .pop()
-            .map_or(Subject::OrgNotFound, |(_, subject)| subject))
+        let subject = self.load_one(pair).await?;
+        self.cache.put_many(&[(pair, subject.clone())]).await;
+        Ok(subject)
     }
 
     /// Subjects for many (org, user) pairs, from the cache where `freshness` allows: the
@@ -225,36 +223,75 @@ impl Decisions {
                 out.push((*pair, Subject::OrgNotFound));
                 continue;
             };
-            let (disabled, has_mfa) = accounts
-                .get(&pair.1.to_string())
-                .copied()
-                .unwrap_or((false, false));
-            let subject = match by_pair.get(&(org.clone(), pair.1.to_string())) {
-                _ if disabled => Subject::UserDisabled { org_version },
-                Some(_) if require_mfa.contains(&org) && !has_mfa => {
-                    Subject::MfaRequired { org_version }
-                }
-                None => Subject::NotMember { org_version },
-                Some(role) => {
-                    let grant = match self.grants.built_in(role) {
-                        Some(g) => g.clone(),
-                        None => custom
-                            .get(&(org.clone(), role.clone()))
-                            .cloned()
-                            .unwrap_or_else(|| {
-                                Arc::new(Grant::new(
-                                    role.clone(),
-                                    Default::default(),
-                                    self.policy(),
-                                ))
-                            }),
-                    };
-                    Subject::Member { org_version, grant }
-                }
-            };
+            let user = pair.1.to_string();
+            let (disabled, has_mfa) = accounts.get(&user).copied().unwrap_or((false, false));
+            let role = by_pair.get(&(org.clone(), user)).map(String::as_str);
+            let subject = self.subject_of(
+                Read {
+                    org_version,
+                    require_mfa: require_mfa.contains(&org),
+                    role,
+                    disabled,
+                    has_mfa,
+                },
+                |role| custom.get(&(org.clone(), role.to_owned())).cloned(),
+            );
             out.push((*pair, subject));
         }
         Ok(out)
+    }
+
+    /// One subject from the database in one statement (one snapshot): the fully consistent
+    /// Check's read, and any single-pair cache miss.
+    #[tracing::instrument(name = "decisions.load", target = "teamgate::trace", skip_all, fields(pairs = 1, org_id = %pair.0))]
+    async fn load_one(&self, pair: Pair) -> AppResult<Subject> {
+        self.store.ensure_reachable()?;
+        let row =
+            decisions::subject(self.store.conn(), &pair.0.to_string(), &pair.1.to_string()).await?;
+        let Some(row) = row else {
+            return Ok(Subject::OrgNotFound);
+        };
+        Ok(self.subject_of(
+            Read {
+                org_version: row.version,
+                require_mfa: row.require_mfa,
+                role: row.role.as_deref(),
+                disabled: row.user_status.as_deref() == Some(crate::app::identity::STATUS_DISABLED),
+                has_mfa: row.mfa_enabled.unwrap_or(false),
+            },
+            |role| {
+                let names = decode_permissions(row.role_permissions.as_deref()?);
+                Some(self.grants.grant(role, names.iter().map(String::as_str)))
+            },
+        ))
+    }
+
+    /// The rule that turns what was read into a subject, for either read. `custom` finds a
+    /// custom role's grant; a role that is neither built in nor found grants nothing.
+    fn subject_of(
+        &self,
+        read: Read<'_>,
+        custom: impl FnOnce(&str) -> Option<Arc<Grant>>,
+    ) -> Subject {
+        let org_version = read.org_version;
+        match read.role {
+            _ if read.disabled => Subject::UserDisabled { org_version },
+            Some(_) if read.require_mfa && !read.has_mfa => Subject::MfaRequired { org_version },
+            None => Subject::NotMember { org_version },
+            Some(role) => {
+                let grant = match self.grants.built_in(role) {
+                    Some(g) => g.clone(),
+                    None => custom(role).unwrap_or_else(|| {
+                        Arc::new(Grant::new(
+                            role.to_owned(),
+                            Default::default(),
+                            self.policy(),
+                        ))
+                    }),
+                };
+                Subject::Member { org_version, grant }
+            }
+        }
     }
 
     async fn load_custom_roles<C: ConnectionTrait>(
@@ -327,6 +364,15 @@ impl Decisions {
         }
         Ok(Page::from_overfetch(matched, page.size, |id| id.clone()))
     }
+}
+
+/// What a subject is built from, as either read found it.
+struct Read<'a> {
+    org_version: i64,
+    require_mfa: bool,
+    role: Option<&'a str>,
+    disabled: bool,
+    has_mfa: bool,
 }
 
 fn unique_strings(it: impl Iterator<Item = String>) -> Vec<String> {

@@ -73,7 +73,7 @@ impl App {
         role_key: &str,
     ) -> AppResult<(MemberView, ConsistencyToken)> {
         let (org, user) = (org_id.to_string(), user_id.to_string());
-        let w = self
+        let mut w = self
             .org_write(
                 ctx,
                 org_id,
@@ -81,7 +81,8 @@ impl App {
                 Effect::Member(*user_id),
             )
             .await?;
-        let (membership, user_row) = members::find_with_user(w.conn(), org_id, user_id)
+        let (membership, user_row) = w
+            .member(user_id)
             .await?
             .ok_or_else(|| member_not_found(&org, &user))?;
         let new_role = self.role_for_request(w.conn(), &org, role_key).await?;
@@ -127,10 +128,11 @@ impl App {
         } else {
             Authority::Permission("members.manage")
         };
-        let w = self
+        let mut w = self
             .org_write(ctx, org_id, authority, Effect::Member(*user_id))
             .await?;
-        let (membership, user_row) = members::find_with_user(w.conn(), org_id, user_id)
+        let (membership, user_row) = w
+            .member(user_id)
             .await?
             .ok_or_else(|| member_not_found(&org, &user))?;
         let current = self.resolve_role(w.conn(), &org, &membership.role).await?;
@@ -158,7 +160,7 @@ impl App {
         new_owner: &UserId,
     ) -> AppResult<(MemberView, MemberView, ConsistencyToken)> {
         let (org, target) = (org_id.to_string(), new_owner.to_string());
-        let w = self
+        let mut w = self
             .org_write(
                 ctx,
                 org_id,
@@ -183,7 +185,7 @@ impl App {
             )
             .into());
         }
-        let (target_m, target_u) = members::find_with_user(w.conn(), org_id, new_owner)
+        let (target_m, target_u) = w.member(new_owner)
             .await?
             .ok_or_else(|| {
                 DomainError::precondition(
@@ -194,7 +196,9 @@ impl App {
                 )
             })?;
         let actor_id = w.actor_id();
-        let (actor_m, actor_u) = members::find_with_user(w.conn(), org_id, &w.actor.user_id)
+        let actor_user = w.actor.user_id;
+        let (actor_m, actor_u) = w
+            .member(&actor_user)
             .await?
             .ok_or_else(|| member_not_found(&org, &actor_id))?;
         let demoted_to = self.policy.role_below_owner().to_owned();

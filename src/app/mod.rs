@@ -290,26 +290,6 @@ impl App {
         Ok(member)
     }
 
-    /// The actor as a member of the org, without requiring a permission yet. The actor's
-    /// account is held to its status and to the org's two-factor rule: a disabled account,
-    /// or one without two-factor in an org that requires it, manages nothing.
-    pub(crate) async fn acting_member<C: ConnectionTrait>(
-        &self,
-        c: &C,
-        ctx: &RequestCtx,
-        org: &OrgRow,
-        permission_for_message: &str,
-    ) -> AppResult<ActingMember> {
-        self.member_as_actor(
-            c,
-            ctx,
-            &org.id,
-            Some(org.require_mfa),
-            permission_for_message,
-        )
-        .await
-    }
-
     /// The actor as a member of `org_id`; `org_requires_mfa` when the caller knows the org's
     /// rule already, else it is read (only for an actor without two-factor).
     async fn member_as_actor<C: ConnectionTrait>(
@@ -321,6 +301,29 @@ impl App {
         permission_for_message: &str,
     ) -> AppResult<ActingMember> {
         let user_id = ctx.actor()?;
+        let found = store::members::find_with_user(c, &OrgId::from_row(org_id), &user_id).await?;
+        self.actor_from(
+            c,
+            user_id,
+            found,
+            org_id,
+            org_requires_mfa,
+            permission_for_message,
+        )
+        .await
+    }
+
+    /// The actor as a member, from their membership and account as read (`None`: not a
+    /// member). The account is held to its status and to the org's two-factor rule.
+    pub(crate) async fn actor_from<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        user_id: UserId,
+        found: Option<(store::members::MembershipRow, store::users::UserRow)>,
+        org_id: &str,
+        org_requires_mfa: Option<bool>,
+        permission_for_message: &str,
+    ) -> AppResult<ActingMember> {
         let not_member = || {
             DomainError::denied(
                 "NOT_A_MEMBER",
@@ -329,9 +332,7 @@ impl App {
                 ),
             )
         };
-        let Some((m, account)) =
-            store::members::find_with_user(c, &OrgId::from_row(org_id), &user_id).await?
-        else {
+        let Some((m, account)) = found else {
             return Err(not_member().into());
         };
         ensure_account_active(&account)?;

@@ -14,8 +14,13 @@ use serde_json::Value;
 use super::{ActingMember, App, AppResult, RequestCtx, org_not_found, token};
 use crate::domain::consistency::ConsistencyToken;
 use crate::domain::ids::{OrgId, UserId};
+use crate::store::members::{self, MembershipRow};
 use crate::store::orgs::OrgRow;
+use crate::store::users::UserRow;
 use crate::store::{Tx, WriteTx, audit, orgs};
+
+/// A membership with its user's account, as read under the org's lock.
+pub(crate) type MemberRows = (MembershipRow, UserRow);
 
 /// What a write can change, which decides whether cached decisions must go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +35,18 @@ pub(crate) enum Effect {
     Members(UserId, UserId),
     /// Invitations, names, plans: no decision changes, so caches stay warm.
     Records,
+}
+
+impl Effect {
+    /// The members whose memberships the write changes.
+    fn members(self) -> impl Iterator<Item = UserId> {
+        let (a, b) = match self {
+            Effect::Member(a) => (Some(a), None),
+            Effect::Members(a, b) => (Some(a), Some(b)),
+            Effect::Decisions | Effect::Records => (None, None),
+        };
+        a.into_iter().chain(b)
+    }
 }
 
 /// What a committed write changed, for invalidation.
@@ -113,6 +130,9 @@ pub(crate) struct OrgWrite<'a> {
     pub org: OrgRow,
     pub actor: ActingMember,
     effect: Effect,
+    /// The actor's and the changed members' rows, read together under the lock (see
+    /// [`OrgWrite::member`]).
+    read: Vec<(UserId, Option<MemberRows>)>,
     /// Who the audit rows name: the acting user's id, or `scim:<token id>` for a directory.
     audit_actor: String,
 }
@@ -135,10 +155,53 @@ impl App {
             }
         };
         let org = locked.ok_or_else(|| org_not_found(&org_id.to_string()))?;
+        // The actor and the members the write changes, in one query.
+        let acting = match authority {
+            Authority::Permission(_) | Authority::Membership { .. } => Some(ctx.actor()?),
+            Authority::Provisioning { .. } => None,
+        };
+        let mut wanted: Vec<UserId> = acting.into_iter().chain(effect.members()).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut rows = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            members::find_many_with_users(&*tx, org_id, &wanted).await?
+        };
+        let read: Vec<(UserId, Option<MemberRows>)> = wanted
+            .into_iter()
+            .map(|u| {
+                let at = rows
+                    .iter()
+                    .position(|(m, _)| UserId::from_stored(&m.user_id) == Some(u));
+                (u, at.map(|i| rows.swap_remove(i)))
+            })
+            .collect();
+        let found = |u: UserId| {
+            read.iter()
+                .find(|(id, _)| *id == u)
+                .and_then(|(_, r)| r.clone())
+        };
         let actor = match authority {
-            Authority::Permission(p) => self.authorize_in(&*tx, ctx, &org, p).await?,
+            Authority::Permission(p) => {
+                let user = ctx.actor()?;
+                let m = self
+                    .actor_from(&*tx, user, found(user), &org.id, Some(org.require_mfa), p)
+                    .await?;
+                m.actor().require(p)?;
+                m
+            }
             Authority::Membership { for_message } => {
-                self.acting_member(&*tx, ctx, &org, for_message).await?
+                let user = ctx.actor()?;
+                self.actor_from(
+                    &*tx,
+                    user,
+                    found(user),
+                    &org.id,
+                    Some(org.require_mfa),
+                    for_message,
+                )
+                .await?
             }
             Authority::Provisioning { user } => ActingMember {
                 user_id: user,
@@ -161,6 +224,7 @@ impl App {
             org,
             actor,
             effect,
+            read,
             audit_actor,
         })
     }
@@ -192,6 +256,7 @@ impl App {
             org,
             actor,
             effect: Effect::Decisions,
+            read: Vec::new(),
             audit_actor: format!("scim:{}", token.id),
         })
     }
@@ -217,6 +282,16 @@ impl OrgWrite<'_> {
     /// The transaction, for the use case's own reads and changes.
     pub fn conn(&self) -> &Tx {
         &self.tx
+    }
+
+    /// `user`'s membership of the org with their account (`None`: not a member), as read
+    /// under the lock. The actor's and the changed members' were read when the write opened,
+    /// in the same query; anyone else's is read now.
+    pub async fn member(&mut self, user: &UserId) -> AppResult<Option<MemberRows>> {
+        if let Some(at) = self.read.iter().position(|(id, _)| id == user) {
+            return Ok(self.read.swap_remove(at).1);
+        }
+        Ok(members::find_with_user(&*self.tx, &self.id, user).await?)
     }
 
     /// The actor's user id, as audit rows record it (`scim:<token id>` for a directory).

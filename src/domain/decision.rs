@@ -25,6 +25,16 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order (`reason as usize` indexes it).
+    pub const ALL: [Reason; 6] = [
+        Reason::Allowed,
+        Reason::NotMember,
+        Reason::MissingPermission,
+        Reason::OrgNotFound,
+        Reason::UserDisabled,
+        Reason::MfaRequired,
+    ];
+
     /// Why, in words, for people reading a denial (ext_authz's response body).
     pub fn explanation(self) -> &'static str {
         match self {

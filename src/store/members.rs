@@ -39,6 +39,25 @@ pub async fn find_with_user<C: ConnectionTrait>(
     Ok(found.and_then(|(m, u)| u.map(|u| (m, u))))
 }
 
+/// Several users' memberships of one org with their accounts, in one query: an org write
+/// reads its actor's and the changed members' together, one round trip under the lock.
+pub async fn find_many_with_users<C: ConnectionTrait>(
+    c: &C,
+    org_id: &OrgId,
+    user_ids: &[UserId],
+) -> Result<Vec<(MembershipRow, UserRow)>, StoreError> {
+    let found = memberships::Entity::find()
+        .filter(memberships::Column::OrgId.eq(org_id.to_string()))
+        .filter(memberships::Column::UserId.is_in(user_ids.iter().map(UserId::to_string)))
+        .find_also_related(user_entity::Entity)
+        .all(c)
+        .await?;
+    Ok(found
+        .into_iter()
+        .filter_map(|(m, u)| u.map(|u| (m, u)))
+        .collect())
+}
+
 pub async fn insert<C: ConnectionTrait>(c: &C, row: MembershipRow) -> Result<(), StoreError> {
     memberships::Entity::insert(memberships::ActiveModel {
         org_id: Set(row.org_id),

@@ -92,6 +92,9 @@ pub async fn advisory_xact_lock<C: ConnectionTrait>(c: &C, key: &str) -> Result<
     Ok(())
 }
 
+/// How long a pooled connection may idle before it is pinged when handed out again.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(10);
+
 impl Store {
     pub async fn connect(opts: &StoreOptions) -> Result<Store, StoreError> {
         let mut co = ConnectOptions::new(opts.url.clone());
@@ -99,6 +102,10 @@ impl Store {
             .min_connections(1)
             .connect_timeout(opts.connect_timeout)
             .acquire_timeout(opts.connect_timeout)
+            // sqlx pings every connection it hands out by default: a round trip more on
+            // every write and every read. Only a connection idle long enough to have been
+            // dropped (by the server, a proxy, a firewall) is pinged first.
+            .test_before_acquire_if_idle_for(IDLE_BEFORE_PING)
             .sqlx_logging(false);
         if let Some(schema) = &opts.pg_schema {
             co.set_schema_search_path(schema.clone());

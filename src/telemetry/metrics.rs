@@ -122,6 +122,26 @@ impl Metrics {
         self.decisions
             .add(1, &[KeyValue::new("result", reason.as_str())]);
     }
+
+    /// A batch's checks, counted: one addition per result, not one per check.
+    pub fn decisions(&self, tally: &DecisionTally) {
+        for (reason, n) in Reason::ALL.iter().zip(tally.0) {
+            if n > 0 {
+                self.decisions
+                    .add(n, &[KeyValue::new("result", reason.as_str())]);
+            }
+        }
+    }
+}
+
+/// Decisions counted by result, for [`Metrics::decisions`].
+#[derive(Debug, Default)]
+pub struct DecisionTally([u64; Reason::ALL.len()]);
+
+impl DecisionTally {
+    pub fn add(&mut self, reason: Reason) {
+        self.0[reason as usize] += 1;
+    }
 }
 
 /// The canonical name of a numeric gRPC status code.
