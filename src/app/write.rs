@@ -229,7 +229,8 @@ impl App {
         })
     }
 
-    /// Opens a write for a SCIM directory (see `app::scim`): the org is the one the token
+    /// Opens a write for a SCIM directory (see `app::scim`), changing what `effect` says (one
+    /// member's, when the resource names one; `Decisions` otherwise): the org is the one the token
     /// belongs to, and the token is checked again under the org's lock, so a write racing a
     /// RevokeScimToken either commits before the revocation or is refused. The directory acts
     /// with the authority of the policy's role below owner (see [`App::directory_actor`]).
@@ -237,6 +238,7 @@ impl App {
         &'a self,
         ctx: &'a RequestCtx,
         secret: &str,
+        effect: Effect,
     ) -> AppResult<OrgWrite<'a>> {
         let first = self.directory(secret).await?;
         let tx = self.store.write().await?;
@@ -255,7 +257,7 @@ impl App {
             id: first.org_id,
             org,
             actor,
-            effect: Effect::Decisions,
+            effect,
             read: Vec::new(),
             audit_actor: format!("scim:{}", token.id),
         })

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 
-use super::super::write::{Event, OrgWrite};
+use super::super::write::{Effect, Event, OrgWrite};
 use super::super::{App, AppResult, RequestCtx};
 use super::{DirectoryGroup, ensure_version, group_not_found};
 use crate::domain::DomainError;
@@ -79,7 +79,7 @@ impl App {
         change: GroupMembersChange,
         if_match: Option<&str>,
     ) -> AppResult<(DirectoryGroup, ConsistencyToken)> {
-        let w = self.directory_write(ctx, secret).await?;
+        let w = self.directory_write(ctx, secret, Effect::Decisions).await?;
         let org = w.org.id.clone();
         let mapping = scim::find_mapping(w.conn(), &org, group_id)
             .await?

@@ -5,7 +5,7 @@
 
 use serde_json::json;
 
-use super::super::write::{Event, OrgWrite};
+use super::super::write::{Effect, Event, OrgWrite};
 use super::super::{App, AppResult, RequestCtx};
 use super::{DirectoryUser, directory_user_id, ensure_version, user_not_found};
 use crate::domain::DomainError;
@@ -98,7 +98,7 @@ impl App {
         secret: &str,
         new: NewDirectoryUser,
     ) -> AppResult<(DirectoryUser, ConsistencyToken)> {
-        let w = self.directory_write(ctx, secret).await?;
+        let w = self.directory_write(ctx, secret, Effect::Decisions).await?;
         let org = w.org.id.clone();
         let existing = users::find_by_email(w.conn(), new.email.as_str()).await?;
         let now = self.now();
@@ -191,9 +191,14 @@ impl App {
         change: DirectoryUserChange,
         if_match: Option<&str>,
     ) -> AppResult<(DirectoryUser, ConsistencyToken)> {
-        let w = self.directory_write(ctx, secret).await?;
+        // The token is checked before the id, as before: a bad token is refused whatever the id.
+        let uid = directory_user_id(user_id);
+        let effect = uid
+            .as_ref()
+            .map_or(Effect::Decisions, |u| Effect::Member(*u));
+        let w = self.directory_write(ctx, secret, effect).await?;
         let org = w.org.id.clone();
-        let uid = directory_user_id(user_id)?;
+        let uid = uid?;
         let user_id = uid.to_string();
         let user_id = user_id.as_str();
         let before = self.directory_user_in(w.conn(), &w.id, &uid).await?;
@@ -308,9 +313,14 @@ impl App {
         user_id: &str,
         if_match: Option<&str>,
     ) -> AppResult<ConsistencyToken> {
-        let w = self.directory_write(ctx, secret).await?;
+        // The token is checked before the id, as before: a bad token is refused whatever the id.
+        let uid = directory_user_id(user_id);
+        let effect = uid
+            .as_ref()
+            .map_or(Effect::Decisions, |u| Effect::Member(*u));
+        let w = self.directory_write(ctx, secret, effect).await?;
         let org = w.org.id.clone();
-        let uid = directory_user_id(user_id)?;
+        let uid = uid?;
         let user_id = uid.to_string();
         let user_id = user_id.as_str();
         let before = self.directory_user_in(w.conn(), &w.id, &uid).await?;
