@@ -148,22 +148,15 @@ impl RedisLevel {
     /// Looks up subjects; each is returned only if it is from the current epoch and not older
     /// than its org's published version.
     pub async fn get_many(&self, pairs: &[Pair]) -> Result<Vec<Option<Subject>>, RedisLevelError> {
-        let mut orgs: Vec<String> = pairs.iter().map(|p| p.0.to_string()).collect();
-        orgs.sort();
+        let mut orgs: Vec<OrgId> = pairs.iter().map(|p| p.0).collect();
+        orgs.sort_unstable();
         orgs.dedup();
+        let prefix = &self.settings.prefix;
         let mut keys = Vec::with_capacity(1 + orgs.len() + 2 * pairs.len());
-        keys.push(format!("{}:epoch", self.settings.prefix));
-        keys.extend(orgs.iter().map(|o| self.key("v", o)));
-        keys.extend(
-            pairs
-                .iter()
-                .map(|(o, u)| self.key("m", &format!("{o}:{u}"))),
-        );
-        keys.extend(
-            pairs
-                .iter()
-                .map(|(o, u)| self.key("s", &format!("{o}:{u}"))),
-        );
+        keys.push(format!("{prefix}:epoch"));
+        keys.extend(orgs.iter().map(|o| format!("{prefix}:v:{o}")));
+        keys.extend(pairs.iter().map(|(o, u)| format!("{prefix}:m:{o}:{u}")));
+        keys.extend(pairs.iter().map(|(o, u)| format!("{prefix}:s:{o}:{u}")));
         let mut conn = self.conn.clone();
         let values: Vec<Option<String>> = self
             .timed(redis::cmd("MGET").arg(&keys).query_async(&mut conn))
@@ -175,10 +168,10 @@ impl RedisLevel {
             // about it on the channel. Meanwhile serve nothing from Redis.
             return Ok(vec![None; pairs.len()]);
         }
-        let versions: std::collections::HashMap<&str, i64> = orgs
+        let versions: std::collections::HashMap<OrgId, i64> = orgs
             .iter()
             .zip(&values[1..1 + orgs.len()])
-            .filter_map(|(o, v)| num(v).map(|n| (o.as_str(), n)))
+            .filter_map(|(o, v)| num(v).map(|n| (*o, n)))
             .collect();
         let members = &values[1 + orgs.len()..1 + orgs.len() + pairs.len()];
         let subjects = &values[1 + orgs.len() + pairs.len()..];
@@ -187,7 +180,7 @@ impl RedisLevel {
             .zip(members.iter().zip(subjects))
             .map(|((org, _), (member, raw))| {
                 let wire: Wire = serde_json::from_str(raw.as_deref()?).ok()?;
-                let published = versions.get(org.to_string().as_str()).copied().unwrap_or(0);
+                let published = versions.get(org).copied().unwrap_or(0);
                 let floor = published.max(num(member).unwrap_or(0));
                 if wire.e != epoch || wire.v < floor {
                     return None;
@@ -223,11 +216,16 @@ impl RedisLevel {
                     r: None,
                     p: vec![],
                 },
+                // A built-in role's grant is every replica's own (`Grants::grant` ignores the
+                // names for one): only a custom role's permissions travel.
                 Subject::Member { org_version, grant } => Wire {
                     e: epoch,
                     v: *org_version,
                     r: Some(grant.role.clone()),
-                    p: grant.permissions.to_strings(),
+                    p: match self.grants.built_in(&grant.role) {
+                        Some(_) => Vec::new(),
+                        None => grant.permissions.to_strings(),
+                    },
                 },
             };
             let Ok(json) = serde_json::to_string(&wire) else {
