@@ -253,9 +253,10 @@ async fn deprovisioning_denies_at_once_and_is_audited_and_in_the_feed(backend: B
     .await;
     assert_eq!(created.0, 201, "{created:?}");
     let id = created.1["id"].as_str().unwrap().to_owned();
-    // The decision is cached now; deprovisioning must drop it.
+    // The decision is cached now; deprovisioning must drop it, and only it.
     assert!(s.allowed(&org, &id, "projects.view").await);
     assert!(s.allowed(&org, &id, "projects.view").await);
+    assert!(s.allowed(&org, &owner, "members.manage").await);
     let mut feed = s
         .team
         .clone()
@@ -281,6 +282,14 @@ async fn deprovisioning_denies_at_once_and_is_audited_and_in_the_feed(backend: B
     assert!(
         !s.allowed(&org, &id, "projects.view").await,
         "denied at once"
+    );
+    let before = s.app().decisions.cache().stats();
+    assert!(s.allowed(&org, &owner, "members.manage").await);
+    let after = s.app().decisions.cache().stats();
+    assert_eq!(
+        (after.misses, after.local_hits),
+        (before.misses, before.local_hits + 1),
+        "another member's cached decision outlives the deprovisioning"
     );
     let event = tokio::time::timeout(Duration::from_secs(10), feed.message())
         .await
