@@ -155,28 +155,12 @@ impl App {
             }
         };
         let org = locked.ok_or_else(|| org_not_found(&org_id.to_string()))?;
-        // The actor and the members the write changes, in one query.
         let acting = match authority {
             Authority::Permission(_) | Authority::Membership { .. } => Some(ctx.actor()?),
             Authority::Provisioning { .. } => None,
         };
-        let mut wanted: Vec<UserId> = acting.into_iter().chain(effect.members()).collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let mut rows = if wanted.is_empty() {
-            Vec::new()
-        } else {
-            members::find_many_with_users(&*tx, org_id, &wanted).await?
-        };
-        let read: Vec<(UserId, Option<MemberRows>)> = wanted
-            .into_iter()
-            .map(|u| {
-                let at = rows
-                    .iter()
-                    .position(|(m, _)| UserId::from_stored(&m.user_id) == Some(u));
-                (u, at.map(|i| rows.swap_remove(i)))
-            })
-            .collect();
+        // After the lock, in a statement of its own: see ARCHITECTURE.md on READ COMMITTED.
+        let read = read_members(&tx, org_id, acting.into_iter().chain(effect.members())).await?;
         let found = |u: UserId| {
             read.iter()
                 .find(|(id, _)| *id == u)
@@ -278,6 +262,31 @@ impl App {
             wake();
         }
     }
+}
+
+/// The memberships (with accounts) of `users` in the org, in one query: each user with theirs,
+/// or `None` for a non-member.
+async fn read_members(
+    tx: &WriteTx,
+    org_id: &OrgId,
+    users: impl Iterator<Item = UserId>,
+) -> AppResult<Vec<(UserId, Option<MemberRows>)>> {
+    let mut wanted: Vec<UserId> = users.collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut rows = members::find_many_with_users(&**tx, org_id, &wanted).await?;
+    Ok(wanted
+        .into_iter()
+        .map(|u| {
+            let at = rows
+                .iter()
+                .position(|(m, _)| UserId::from_stored(&m.user_id) == Some(u));
+            (u, at.map(|i| rows.swap_remove(i)))
+        })
+        .collect())
 }
 
 impl OrgWrite<'_> {
