@@ -130,8 +130,14 @@ impl RedisLevel {
         self.subscribed.load(Ordering::Acquire) && self.epoch.load(Ordering::Acquire) >= 0
     }
 
-    fn key(&self, kind: &str, rest: &str) -> String {
-        format!("{}:{kind}:{rest}", self.settings.prefix)
+    /// `{prefix}:{kind}:{org}` (see the module docs).
+    fn key(&self, kind: &str, org: impl std::fmt::Display) -> String {
+        format!("{}:{kind}:{org}", self.settings.prefix)
+    }
+
+    /// `{prefix}:{kind}:{org}:{user}`, in one allocation.
+    fn pair_key(&self, kind: &str, (org, user): &Pair) -> String {
+        format!("{}:{kind}:{org}:{user}", self.settings.prefix)
     }
 
     fn channel(&self) -> String {
@@ -151,12 +157,11 @@ impl RedisLevel {
         let mut orgs: Vec<OrgId> = pairs.iter().map(|p| p.0).collect();
         orgs.sort_unstable();
         orgs.dedup();
-        let prefix = &self.settings.prefix;
         let mut keys = Vec::with_capacity(1 + orgs.len() + 2 * pairs.len());
-        keys.push(format!("{prefix}:epoch"));
-        keys.extend(orgs.iter().map(|o| format!("{prefix}:v:{o}")));
-        keys.extend(pairs.iter().map(|(o, u)| format!("{prefix}:m:{o}:{u}")));
-        keys.extend(pairs.iter().map(|(o, u)| format!("{prefix}:s:{o}:{u}")));
+        keys.push(format!("{}:epoch", self.settings.prefix));
+        keys.extend(orgs.iter().map(|o| self.key("v", o)));
+        keys.extend(pairs.iter().map(|p| self.pair_key("m", p)));
+        keys.extend(pairs.iter().map(|p| self.pair_key("s", p)));
         let mut conn = self.conn.clone();
         let values: Vec<Option<String>> = self
             .timed(redis::cmd("MGET").arg(&keys).query_async(&mut conn))
@@ -204,7 +209,7 @@ impl RedisLevel {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        for ((org, user), subject) in entries {
+        for (pair, subject) in entries {
             let wire = match subject {
                 // Account-level denials are not shared through Redis; each replica loads them.
                 Subject::OrgNotFound
@@ -232,7 +237,7 @@ impl RedisLevel {
                 continue;
             };
             pipe.set_ex(
-                self.key("s", &format!("{org}:{user}")),
+                self.pair_key("s", pair),
                 json,
                 self.settings.ttl.as_secs().max(1),
             )
@@ -267,7 +272,7 @@ impl RedisLevel {
     ) -> Result<(), RedisLevelError> {
         let ttl = self.settings.ttl.as_secs().saturating_mul(2) + 60;
         let mut conn = self.conn.clone();
-        let mut inv = self.bump.key(self.key("m", &format!("{org}:{user}")));
+        let mut inv = self.bump.key(self.pair_key("m", &(org, user)));
         inv.key(self.channel())
             .arg(version)
             .arg(format!("m {org} {user} {version}"))
