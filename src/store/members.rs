@@ -25,18 +25,17 @@ pub async fn find<C: ConnectionTrait>(
     )
 }
 
-/// A membership together with its user, in one query (a join): every org write reads the
-/// actor's and often the target's this way, so it is one round trip, not two.
+/// A membership together with its user, in one query (a join).
 pub async fn find_with_user<C: ConnectionTrait>(
     c: &C,
     org_id: &OrgId,
     user_id: &UserId,
 ) -> Result<Option<(MembershipRow, UserRow)>, StoreError> {
-    let found = memberships::Entity::find_by_id((org_id.to_string(), user_id.to_string()))
-        .find_also_related(user_entity::Entity)
-        .one(c)
-        .await?;
-    Ok(found.and_then(|(m, u)| u.map(|u| (m, u))))
+    Ok(
+        find_many_with_users(c, org_id, std::slice::from_ref(user_id))
+            .await?
+            .pop(),
+    )
 }
 
 /// Several users' memberships of one org with their accounts, in one query: an org write
