@@ -42,6 +42,23 @@ fn provisioned_json(user: &UserRow, role: &str, external_id: Option<&str>) -> se
 }
 
 impl App {
+    /// Opens a directory write that changes `user_id`'s membership only, so only their
+    /// cached decisions go. The token is checked before the id: a bad token is refused
+    /// whatever the id.
+    async fn directory_user_write<'a>(
+        &'a self,
+        ctx: &'a RequestCtx,
+        secret: &str,
+        user_id: &str,
+    ) -> AppResult<(OrgWrite<'a>, UserId)> {
+        let uid = directory_user_id(user_id);
+        let effect = uid
+            .as_ref()
+            .map_or(Effect::Decisions, |u| Effect::Member(*u));
+        let w = self.directory_write(ctx, secret, effect).await?;
+        Ok((w, uid?))
+    }
+
     /// Adds `user` to the org with the policy's invite role, within the plan's seats.
     async fn provision_membership(
         &self,
@@ -191,14 +208,8 @@ impl App {
         change: DirectoryUserChange,
         if_match: Option<&str>,
     ) -> AppResult<(DirectoryUser, ConsistencyToken)> {
-        // The token is checked before the id, as before: a bad token is refused whatever the id.
-        let uid = directory_user_id(user_id);
-        let effect = uid
-            .as_ref()
-            .map_or(Effect::Decisions, |u| Effect::Member(*u));
-        let w = self.directory_write(ctx, secret, effect).await?;
+        let (w, uid) = self.directory_user_write(ctx, secret, user_id).await?;
         let org = w.org.id.clone();
-        let uid = uid?;
         let user_id = uid.to_string();
         let user_id = user_id.as_str();
         let before = self.directory_user_in(w.conn(), &w.id, &uid).await?;
@@ -313,14 +324,8 @@ impl App {
         user_id: &str,
         if_match: Option<&str>,
     ) -> AppResult<ConsistencyToken> {
-        // The token is checked before the id, as before: a bad token is refused whatever the id.
-        let uid = directory_user_id(user_id);
-        let effect = uid
-            .as_ref()
-            .map_or(Effect::Decisions, |u| Effect::Member(*u));
-        let w = self.directory_write(ctx, secret, effect).await?;
+        let (w, uid) = self.directory_user_write(ctx, secret, user_id).await?;
         let org = w.org.id.clone();
-        let uid = uid?;
         let user_id = uid.to_string();
         let user_id = user_id.as_str();
         let before = self.directory_user_in(w.conn(), &w.id, &uid).await?;
